@@ -1,0 +1,42 @@
+# The project's commands. Everything installs into .venv; the broker lives under .kafka/.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo bench kafka-up kafka-down clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
+	touch $@
+
+## test: every test, unit and integration, against a real broker (started when none answers)
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (lint and format) and mypy --strict on streams/
+lint: install
+	$(BIN)/ruff check streams tests scripts
+	$(BIN)/ruff format --check streams tests scripts
+	$(BIN)/mypy
+
+## demo: the main job on a local broker: a worker, a realistic sample, what was joined
+demo: install
+	$(BIN)/python -m streams.demo
+
+## bench: the benchmark of BENCHMARK.md, the worker against a plain confluent-kafka loop
+bench: install
+	$(BIN)/python -m streams.bench $(BENCH_ARGS)
+
+kafka-up:
+	scripts/kafka.sh up
+
+kafka-down:
+	scripts/kafka.sh down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis streams-data

@@ -1,0 +1,146 @@
+"""The record codec: timestamps, schema validation and decoding of input records.
+
+`schemas/*.v1.json` are the single source of each record's shape; they are compiled
+once (fastjsonschema) and every record read or written is checked against them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+from streams.errors import RecordError
+
+Record = dict[str, Any]
+SCHEMA_NAMES = ("prediction", "feedback", "joined", "unmatched", "deadletter")
+DEADLETTER_VALUE_LIMIT = 64 * 1024
+
+
+def format_ts(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds: `2026-11-28T01:36:37.123Z`."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_ts(text: str) -> int:
+    """RFC 3339 (any offset, any fraction) to epoch milliseconds."""
+    moment = datetime.fromisoformat(text.replace("z", "Z"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return int(moment.timestamp() * 1000 + (0.5 if moment.microsecond % 1000 >= 500 else 0))
+
+
+def to_ms(moment: datetime) -> int:
+    """An aware datetime as epoch milliseconds."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: give a timezone (e.g. datetime.now(UTC))")
+    return round(moment.timestamp() * 1000)
+
+
+def schema_dir() -> Path:
+    """Where the JSON Schema files are: shipped in the wheel, or the checkout's schemas/."""
+    shipped = resources.files("streams") / "_schemas"
+    if shipped.is_dir():
+        return Path(str(shipped))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The parsed JSON Schema of `<name>/v1`."""
+    with (schema_dir() / f"{name}.v1.json").open("rb") as handle:
+        loaded: dict[str, Any] = json.load(handle)
+    return loaded
+
+
+@cache
+def validator(name: str) -> Callable[[Any], Any]:
+    """A compiled validator for `<name>/v1`; raises fastjsonschema's error naming the field."""
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(load_schema(name))
+    return compiled
+
+
+def validate(name: str, record: Record) -> None:
+    """Check a record against `<name>/v1`; raise `RecordError('schema_violation')` naming the field."""
+    try:
+        validator(name)(record)
+    except fastjsonschema.JsonSchemaValueException as error:
+        field = (error.name or "data").replace("data.", "", 1).replace("data", "(record)")
+        raise RecordError("schema_violation", f"{field}: {error.message}") from None
+
+
+def decode_input(expected: str, key: bytes | None, value: bytes | None, max_bytes: int) -> Record:
+    """Decode one `predictions` or `feedback` record, or raise `RecordError` with its reason.
+
+    Checks, in order: size, UTF-8, JSON, the `schema` field, the schema, the join key
+    against the Kafka key. The returned record is valid `<expected>/v1`.
+    """
+    if value is None:
+        raise RecordError("invalid_json", "value: the record has no value (null)")
+    if len(value) > max_bytes:
+        raise RecordError(
+            "oversized", f"value: {len(value)} bytes is over STREAMS_MAX_RECORD_BYTES={max_bytes}"
+        )
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RecordError("invalid_utf8", f"value: not UTF-8 at byte {error.start}") from None
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        raise RecordError("invalid_json", f"value: {error}") from None
+    if not isinstance(record, dict):
+        raise RecordError("schema_violation", f"(record): a JSON object is needed, not {type(record).__name__}")
+    declared = record.get("schema")
+    if declared != f"{expected}/v1":
+        raise RecordError(
+            "unknown_schema", f"schema: {declared!r} is not {expected}/v1 (the only schema this topic takes)"
+        )
+    join_key = record.get("join_key")
+    if join_key is None or join_key == "":
+        raise RecordError("missing_join_key", "join_key: missing or empty")
+    validate(expected, record)
+    if key is None:
+        raise RecordError("missing_join_key", "key: the Kafka record has no key (it must be the join_key)")
+    if key != join_key.encode("utf-8"):
+        shown = key[:80].decode("utf-8", "replace")
+        raise RecordError("key_mismatch", f"key: {shown!r} differs from join_key {join_key[:80]!r}")
+    return record
+
+
+def text_or_base64(raw: bytes | None, limit: int = DEADLETTER_VALUE_LIMIT) -> tuple[str | None, str, bool]:
+    """Bytes as (text, encoding, truncated): UTF-8 text when valid, else base64; cut at `limit`."""
+    if raw is None:
+        return None, "utf-8", False
+    truncated = len(raw) > limit
+    cut = raw[:limit]
+    # A cut may split the last character of valid text: drop up to 3 trailing bytes.
+    for trim in range(4 if truncated else 1):
+        try:
+            return cut[: len(cut) - trim].decode("utf-8"), "utf-8", truncated
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(cut).decode("ascii"), "base64", truncated
+
+
+def from_base64(text: str) -> bytes:
+    """Inverse of the base64 branch of `text_or_base64`, for readers of dead letters."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"not base64: {error}") from None
+
+
+def dumps(record: Record) -> bytes:
+    """Serialize a record the one way this project writes JSON."""
+    return orjson.dumps(record)

@@ -1,0 +1,107 @@
+"""Topic names and creation: every topic of the contract, with its partitions and retention."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.errors import StreamsError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+JOINED = "joined"
+UNMATCHED = "unmatched"
+DEADLETTER = "deadletter"
+INPUTS = (PREDICTIONS, FEEDBACK)
+OUTPUTS = (JOINED, UNMATCHED, DEADLETTER)
+
+
+class PartitionMismatch(StreamsError):
+    """`predictions` and `feedback` have different partition counts: the join cannot work."""
+
+    reason = "partition_mismatch"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic to create: name after the prefix, partitions and topic configs."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def _ms(value: timedelta) -> str:
+    return str(round(value.total_seconds() * 1000))
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the contract, as `streams topics create` and the worker make them."""
+    # Inputs outlive the longest retention by a day so a worker rebuilt from scratch
+    # can still re-read any prediction that may yet be joined.
+    inputs = {"cleanup.policy": "delete", "retention.ms": _ms(settings.longest_retention + timedelta(days=1))}
+    outputs = {"cleanup.policy": "delete"}
+    specs = [TopicSpec(settings.topic(name), settings.partitions, inputs) for name in INPUTS]
+    specs += [TopicSpec(settings.topic(name), settings.partitions, outputs) for name in OUTPUTS]
+    return specs
+
+
+def admin(settings: Settings) -> AdminClient:
+    """An admin client for the configured cluster."""
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10_000})
+
+
+def partition_counts(client: AdminClient, names: list[str], timeout: float = 10.0) -> dict[str, int]:
+    """Partition count of each existing topic among `names` (missing ones are left out)."""
+    metadata = client.list_topics(timeout=timeout)
+    return {
+        name: len(metadata.topics[name].partitions)
+        for name in names
+        if name in metadata.topics and metadata.topics[name].error is None
+    }
+
+
+def create_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics are kept as they are."""
+    client = admin(settings)
+    specs = topic_specs(settings) if specs is None else specs
+    existing = partition_counts(client, [spec.name for spec in specs], timeout)
+    missing = [spec for spec in specs if spec.name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = client.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config) for s in missing],
+            operation_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+                created.append(name)
+                log.info("topic_created topic=%s", name)
+            except KafkaException as error:
+                if error.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
+                    raise
+    return created
+
+
+def check_copartitioned(settings: Settings, timeout: float = 10.0) -> int:
+    """Return the shared partition count of `predictions` and `feedback`, or raise naming both."""
+    names = [settings.topic(PREDICTIONS), settings.topic(FEEDBACK)]
+    counts = partition_counts(admin(settings), names, timeout)
+    missing = [name for name in names if name not in counts]
+    if missing:
+        raise StreamsError(f"topic(s) missing: {', '.join(missing)}")
+    predictions, feedback = counts[names[0]], counts[names[1]]
+    if predictions != feedback:
+        raise PartitionMismatch(
+            f"{names[0]} has {predictions} partitions and {names[1]} has {feedback}: "
+            "they must be equal for predictions and feedback to meet on one worker"
+        )
+    return predictions

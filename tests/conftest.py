@@ -1,0 +1,92 @@
+"""Shared fixtures: one real broker per session, and a fresh topic prefix per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from kafka_ping import answers  # noqa: E402
+
+KINDS = ("unit", "integration", "chaos")
+BROKER_FIXTURES = {"bootstrap", "settings", "env"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test says what it needs: exactly one of the markers unit, integration, chaos."""
+    for item in items:
+        kinds = [kind for kind in KINDS if item.get_closest_marker(kind)]
+        if len(kinds) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: mark it with one of {KINDS}, not {kinds}")
+        uses_broker = BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if kinds == ["unit"] and uses_broker:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test may not use {sorted(uses_broker)}")
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    """The broker at STREAMS_BOOTSTRAP_SERVERS if it answers, else the local one (`make kafka-up`).
+
+    Never skips: a test that needs a broker and has none fails.
+    """
+    servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
+    if any(answers(server) for server in servers.split(",")):
+        return servers
+    if servers != "localhost:9092":
+        pytest.fail(f"no Kafka broker answers at STREAMS_BOOTSTRAP_SERVERS={servers}")
+    subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True, cwd=ROOT)
+    assert answers(servers), "make kafka-up returned but no broker answers"
+    return servers
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix no other test uses, so tests never see each other's records."""
+    return f"t-{uuid.uuid4().hex[:12]}."
+
+
+@pytest.fixture
+def env(bootstrap: str, topic_prefix: str, tmp_path: Path) -> dict[str, str]:
+    """STREAMS_* variables for this test: its own topics, group, data dir and web port."""
+    return {
+        "STREAMS_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMS_TOPIC_PREFIX": topic_prefix,
+        "STREAMS_APP_ID": f"app-{topic_prefix.strip('.')}",
+        "STREAMS_PARTITIONS": "4",
+        "STREAMS_DATA_DIR": str(tmp_path / "data"),
+        "STREAMS_WEB_PORT": str(free_port()),
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    """Settings built from this test's `env`."""
+    return Settings.from_env(env)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No STREAMS_* variable from the caller's shell leaks into the test."""
+    for name in list(os.environ):
+        if name.startswith("STREAMS_"):
+            monkeypatch.delenv(name)
+    yield
