@@ -1,0 +1,294 @@
+"""The faust app: one agent reads `predictions` and `feedback`, two RocksDB tables keep state.
+
+The agent stays thin: decode (or dead-letter), check the partition (or reroute),
+call the join rule, write the row and its index entry, send what the rule emitted.
+
+Why this is safe (at least once, exactly once in effect downstream):
+1. The row and its index entry are written to RocksDB and their changelog records
+   are handed to the producer before anything is emitted.
+2. Emitted records go to the same producer.
+3. faust commits input offsets only after flushing that producer, so a committed
+   offset means its changelog and output records are in Kafka.
+4. A crash before the commit makes the worker read the input again; the join rules
+   recognise the replay by its source offset and emit the same records again,
+   with the same ids (see `streams.join`).
+
+Misplaced records. The table lives on the partition of the event being processed,
+so a prediction and its feedback must sit on the same partition number: the one
+murmur2 of the join key gives (Java clients, aiokafka, our SDK). A record another
+client put elsewhere is sent on, unchanged but for a header, to the partition its
+key hashes to, and joined when it arrives there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, NamedTuple
+
+import faust
+from aiokafka.partitioner import murmur2
+
+from streams import join
+from streams.clock import Clock, SystemClock
+from streams.deadletter import deadletter_record
+from streams.errors import RecordError
+from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
+from streams.metrics import Metrics
+from streams.records import decode_input, dumps, parse_ts
+from streams.settings import EXPIRED_MEMORY, Settings
+from streams.state import decode_row, due_key, encode_row, row_key
+from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
+
+log = logging.getLogger(__name__)
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes}  # bytes -> the raw serializer
+# Per partition database; faust's defaults (2 GiB cache, 3 x 64 MiB buffers) would
+# reserve gigabytes across 2 tables x 8 partitions.
+STATE_OPTIONS = {
+    "block_cache_size": 32 * 1024**2,
+    "write_buffer_size": 16 * 1024**2,
+    "max_write_buffer_number": 2,
+}
+DUE_OPTIONS = {
+    "block_cache_size": 8 * 1024**2,
+    "write_buffer_size": 4 * 1024**2,
+    "max_write_buffer_number": 2,
+}
+REROUTED_HEADER = "streams-rerouted-from"
+SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
+
+
+class Outgoing(NamedTuple):
+    """One record to send: to an output topic, or back to an input topic's right partition."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition murmur2 gives a key, as Java clients and aiokafka compute it."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+class JoinApp:
+    """The faust app, its topics, tables, agent, sweep and web pages."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.expired_memory_ms = int(EXPIRED_MEMORY.total_seconds() * 1000)
+        self.pending_ttl_ms = int(settings.pending_ttl.total_seconds() * 1000)
+        self.app = faust.App(
+            settings.app_id,
+            broker=[
+                f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")
+            ],
+            store="rocksdb://",
+            datadir=str(settings.data_dir),
+            web_port=settings.web_port,
+            processing_guarantee=settings.processing_guarantee,
+            topic_partitions=settings.partitions,
+            consumer_auto_offset_reset="earliest",
+            topic_allow_declare=True,
+            producer_acks=-1,
+            broker_commit_every=1000,
+            broker_commit_interval=1.0,
+            web_in_thread=False,
+        )
+        self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
+        self.kind_of = {full: short for short, full in self.topic_names.items()}
+        self.inputs = self.app.topic(*self.topic_names.values(), **RAW)
+        self.input_topics = {
+            name: self.app.topic(full, **RAW) for name, full in self.topic_names.items()
+        }
+        self.outputs = {
+            name: self.app.topic(settings.topic(name), internal=False, **RAW)
+            for name in (JOINED, UNMATCHED, DEADLETTER)
+        }
+        self.state = self.app.Table(
+            "state", partitions=settings.partitions, options=STATE_OPTIONS, **TABLE
+        )
+        self.due = self.app.Table(
+            "due", partitions=settings.partitions, options=DUE_OPTIONS, **TABLE
+        )
+        # Held by the agent while it reads and writes a row, and by the sweep per chunk.
+        self.lock = asyncio.Lock()
+        self.sweeper = Sweeper(self)
+        self.app.agent(self.inputs, name="join")(self._agent)
+        self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
+        self._install_pages()
+
+    # -- the agent ---------------------------------------------------------------
+
+    async def _agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            async with self.lock:
+                outgoing = self.process(event.message)
+            for out in outgoing:
+                await self._send(out)
+
+    def process(self, message: Any) -> list[Outgoing]:
+        """Handle one input message; return (output topic, key, value) to send, in order."""
+        kind = self.kind_of[message.topic]
+        self.metrics.records_in.labels(kind).inc()
+        now = self.clock.now_ms()
+        kafka_ts = int(message.timestamp * 1000) if message.timestamp else now
+        try:
+            record = decode_input(
+                SCHEMA_OF[kind], message.key, message.value, self.settings.max_record_bytes
+            )
+            event_ts = parse_ts(record["timestamp"]) if record.get("timestamp") else kafka_ts
+        except RecordError as error:
+            return [self._deadletter(kind, message, error, kafka_ts, now)]
+        except ValueError as error:
+            return [
+                self._deadletter(
+                    kind,
+                    message,
+                    RecordError("schema_violation", f"timestamp: {error}"),
+                    kafka_ts,
+                    now,
+                )
+            ]
+        expected = partition_for(message.key, self.settings.partitions)
+        if message.partition != expected:
+            self.metrics.outcomes.labels(kind, "rerouted").inc()
+            log.info(
+                "rerouted topic=%s partition=%d offset=%d to=%d",
+                message.topic,
+                message.partition,
+                message.offset,
+                expected,
+            )
+            origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
+            return [
+                Outgoing(kind, message.key, message.value, expected, [(REROUTED_HEADER, origin)])
+            ]
+        try:
+            return self._apply(kind, record, message, event_ts, now, kafka_ts)
+        except Exception as error:  # a bug must not stop the partition: dead-letter it
+            log.exception(
+                "processing_error topic=%s partition=%d offset=%d",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            failure = RecordError("processing_error", f"{type(error).__name__}: {error}")
+            return [self._deadletter(kind, message, failure, kafka_ts, now)]
+
+    def _apply(
+        self,
+        kind: str,
+        record: dict[str, Any],
+        message: Any,
+        event_ts: int,
+        now: int,
+        kafka_ts: int,
+    ) -> list[Outgoing]:
+        key = row_key(record["application"], record["join_key"])
+        row = decode_row(self.state.get(key))
+        src = f"{kind[0]}{message.partition}:{message.offset}"
+        if kind == PREDICTIONS:
+            retention = int(
+                self.settings.retention_for(record["application"]).total_seconds() * 1000
+            )
+            result = join.on_prediction(row, record, event_ts, src, now, retention)
+        else:
+            result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
+        self._write(key, row, result.row)
+        self._count(kind, result, row, now, kafka_ts)
+        join_key = message.key
+        return [Outgoing(emit.topic, join_key, dumps(emit.record)) for emit in result.emits]
+
+    def _write(self, key: bytes, before: join.Row | None, after: join.Row | None) -> None:
+        old_due = join.next_due(before, self.expired_memory_ms) if before else None
+        new_due = join.next_due(after, self.expired_memory_ms) if after else None
+        if after is None:
+            if before is not None:
+                del self.state[key]
+        else:
+            self.state[key] = encode_row(after)
+        if old_due != new_due:
+            if old_due is not None:
+                del self.due[due_key(old_due, key)]
+            if new_due is not None:
+                self.due[due_key(new_due, key)] = b""
+
+    def _count(
+        self, kind: str, result: join.Result, before: join.Row | None, now: int, kafka_ts: int
+    ) -> None:
+        m = self.metrics
+        m.outcomes.labels(kind, result.outcome).inc()
+        if result.replay:
+            m.replays.inc()
+        for emit in result.emits:
+            if emit.topic == JOINED:
+                m.joined.labels("feedback" if kind == FEEDBACK else "prediction").inc()
+                if kind == FEEDBACK:
+                    m.join_latency.observe(max(0, now - kafka_ts) / 1000)
+            else:
+                m.unmatched.labels(emit.record["reason"]).inc()
+        if result.replay:
+            return
+        if kind == FEEDBACK and result.outcome == "pending":
+            m.pending.inc()
+        elif kind == PREDICTIONS and before is not None and before["pend"]:
+            waited = len(before["pend"])
+            outcome = "joined" if result.outcome == "stored" else "unmatched"
+            m.pending_resolved.labels(outcome).inc(waited)
+            m.pending.dec(waited)
+
+    def _deadletter(
+        self, kind: str, message: Any, error: RecordError, kafka_ts: int, now: int
+    ) -> Outgoing:
+        self.metrics.outcomes.labels(kind, "deadletter").inc()
+        self.metrics.deadletter.labels(kind, error.reason).inc()
+        log.info(
+            "deadletter topic=%s partition=%d offset=%d reason=%s",
+            message.topic,
+            message.partition,
+            message.offset,
+            error.reason,
+        )
+        record = deadletter_record(
+            error,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=kafka_ts,
+            key=message.key,
+            value=message.value,
+            now_ms=now,
+        )
+        return Outgoing(DEADLETTER, message.key, dumps(record))
+
+    async def _send(self, out: Outgoing) -> None:
+        topic = self.input_topics.get(out.topic) or self.outputs[out.topic]
+        await topic.send(key=out.key, value=out.value, partition=out.partition, headers=out.headers)
+
+    # -- web ---------------------------------------------------------------------
+
+    def _install_pages(self) -> None:
+        metrics = self.metrics
+        app = self.app
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            ready = app.tables.recovery.completed.is_set() and not app.should_stop
+            return web.json({"status": "ok" if ready else "starting"}, status=200 if ready else 503)
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            # aiohttp refuses a charset here; the exposition format is ASCII.
+            return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

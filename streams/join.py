@@ -1,0 +1,248 @@
+"""The join rules (CONTRACT.md section 4) as plain functions over plain values.
+
+Each function takes the stored row for one (application, join_key), one input and
+the current time, and returns the new row and the records to emit. Nothing here
+knows about faust or Kafka, so the rules are tested exhaustively without a broker.
+
+Replays. After a crash the worker re-reads input it had already applied (at least
+once). Every applied input is remembered with its source position (`src`), and
+every joined record with the `src` of the input that caused it (`by`). An input
+seen again *at the same position* is a replay: its joined records are emitted
+again, identical but for `joined_at`, so a record lost in the crash is not lost.
+The same `event_id` at another position is a duplicate sent by a producer, and is
+ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streams.records import Record, format_ts
+
+# The namespace of joined ids; never change it, or ids change across versions.
+JOINED_NAMESPACE = uuid.UUID("6f3c1a5e-9a43-4c1b-8d8e-2b7f0c1d4e21")
+
+Outcome = Literal["stored", "expired", "joined", "pending", "unmatched", "duplicate"]
+Row = dict[str, Any]
+
+
+@dataclass
+class Emit:
+    """A record to write to an output topic (`joined` or `unmatched`)."""
+
+    topic: Literal["joined", "unmatched"]
+    record: Record
+
+
+@dataclass
+class Result:
+    """What one input did: the row to store (None deletes it), emits and the outcome."""
+
+    row: Row | None
+    emits: list[Emit] = field(default_factory=list)
+    outcome: Outcome = "stored"
+    replay: bool = False
+
+
+def joined_id(application: str, join_key: str, feedback_event_id: str) -> str:
+    """The deterministic id of a joined record: the same on every run and every worker."""
+    return str(uuid.uuid5(JOINED_NAMESPACE, f"{application}\x00{join_key}\x00{feedback_event_id}"))
+
+
+def new_row(application: str, join_key: str) -> Row:
+    """An empty row: no prediction, no feedback, nothing pending."""
+    return {"app": application, "key": join_key, "pred": None, "fbs": [], "pend": [], "gone": None}
+
+
+def next_due(row: Row, expired_memory_ms: int) -> int | None:
+    """The earliest time at which `expire_due` has something to do for this row."""
+    times = [entry["due"] for entry in row["pend"]]
+    if row["pred"] is not None:
+        times.append(row["pred"]["exp"])
+    if row["gone"] is not None:
+        times.append(row["gone"] + expired_memory_ms)
+    return min(times) if times else None
+
+
+def joined_record(row: Row, index: int, now_ms: int) -> Record:
+    """The joined record for the feedback at `index`: all feedback up to it, merged."""
+    pred = row["pred"]
+    merged: dict[str, Any] = {}
+    for entry in row["fbs"][: index + 1]:
+        merged.update(entry["f"])
+    entry = row["fbs"][index]
+    return {
+        "schema": "joined/v1",
+        "id": joined_id(row["app"], row["key"], entry["id"]),
+        "application": row["app"],
+        "join_key": row["key"],
+        "version": pred["version"],
+        "inputs": pred["inputs"],
+        "outputs": pred["outputs"],
+        "tags": pred["tags"],
+        "prediction_event_id": pred["id"],
+        "feedback_event_id": entry["id"],
+        "prediction_timestamp": format_ts(pred["ts"]),
+        "feedback_timestamp": format_ts(entry["ts"]),
+        "feedback": merged,
+        "feedback_revision": index + 1,
+        "joined_at": format_ts(now_ms),
+    }
+
+
+def unmatched_record(feedback: Record, reason: str, detail: str, now_ms: int) -> Record:
+    """An `unmatched/v1` record carrying the feedback as received."""
+    return {
+        "schema": "unmatched/v1",
+        "reason": reason,
+        "detail": detail,
+        "feedback": feedback,
+        "unmatched_at": format_ts(now_ms),
+    }
+
+
+def _join(
+    row: Row, event_id: str, ts: int, fields: dict[str, Any], src: str, by: str, now: int
+) -> Emit:
+    row["fbs"].append({"id": event_id, "ts": ts, "f": fields, "src": src, "by": by})
+    return Emit("joined", joined_record(row, len(row["fbs"]) - 1, now))
+
+
+def _reemit(row: Row, src: str, now: int) -> list[Emit]:
+    return [
+        Emit("joined", joined_record(row, i, now))
+        for i, e in enumerate(row["fbs"])
+        if e["by"] == src
+    ]
+
+
+def _known_feedback(row: Row, event_id: str) -> bool:
+    return any(e["id"] == event_id for e in row["fbs"]) or any(
+        p["id"] == event_id for p in row["pend"]
+    )
+
+
+def on_prediction(
+    row: Row | None, prediction: Record, ts: int, src: str, now: int, retention_ms: int
+) -> Result:
+    """Apply one prediction (already valid `prediction/v1`, `ts` its event time in ms)."""
+    row = row if row is not None else new_row(prediction["application"], prediction["join_key"])
+    stored = row["pred"]
+    if stored is not None and stored["id"] == prediction["event_id"]:
+        if stored["src"] == src:  # a replay: say again what this input said
+            return Result(row, _reemit(row, src, now), "stored", replay=True)
+        return Result(row, [], "duplicate")
+    expires = ts + retention_ms
+    if now >= expires:
+        # Arrived already expired: remember that it existed, so feedback says `expired`.
+        gone = max(expires, row["gone"] or 0)
+        emits = [
+            Emit("unmatched", unmatched_record(p["rec"], "expired", _expired_detail(expires), now))
+            for p in row["pend"]
+        ]
+        return Result({**new_row(row["app"], row["key"]), "gone": gone}, emits, "expired")
+    row["pred"] = {
+        "id": prediction["event_id"],
+        "ts": ts,
+        "exp": expires,
+        "src": src,
+        "version": prediction.get("version"),
+        "inputs": prediction["inputs"],
+        "outputs": prediction["outputs"],
+        "tags": prediction.get("tags") or {},
+    }
+    row["gone"] = None
+    emits: list[Emit] = []
+    inline = prediction.get("feedback")
+    if inline and not _known_feedback(row, prediction["event_id"]):
+        emits.append(_join(row, prediction["event_id"], ts, inline, src, src, now))
+    for waiting in row["pend"]:
+        if not any(e["id"] == waiting["id"] for e in row["fbs"]):
+            emits.append(
+                _join(
+                    row,
+                    waiting["id"],
+                    waiting["ts"],
+                    waiting["rec"]["feedback"],
+                    waiting["src"],
+                    src,
+                    now,
+                )
+            )
+    row["pend"] = []
+    return Result(row, emits, "stored")
+
+
+def on_feedback(
+    row: Row | None, feedback: Record, ts: int, src: str, now: int, pending_ttl_ms: int
+) -> Result:
+    """Apply one feedback record (already valid `feedback/v1`, `ts` its event time in ms)."""
+    row = row if row is not None else new_row(feedback["application"], feedback["join_key"])
+    event_id = feedback["event_id"]
+    for entry in row["fbs"]:
+        if entry["id"] == event_id:
+            if entry["src"] == src:
+                return Result(row, _reemit(row, src, now), "joined", replay=True)
+            return Result(row, [], "duplicate")
+    for waiting in row["pend"]:
+        if waiting["id"] == event_id:
+            return (
+                Result(row, [], "pending", replay=True)
+                if waiting["src"] == src
+                else Result(row, [], "duplicate")
+            )
+    pred = row["pred"]
+    if pred is not None and now < pred["exp"]:
+        return Result(
+            row, [_join(row, event_id, ts, feedback["feedback"], src, src, now)], "joined"
+        )
+    if pred is not None or row["gone"] is not None:
+        expired = pred["exp"] if pred is not None else row["gone"]
+        return Result(
+            row,
+            [
+                Emit(
+                    "unmatched",
+                    unmatched_record(feedback, "expired", _expired_detail(expired), now),
+                )
+            ],
+            "unmatched",
+        )
+    row["pend"].append(
+        {"id": event_id, "ts": ts, "src": src, "rec": feedback, "due": now + pending_ttl_ms}
+    )
+    return Result(row, [], "pending")
+
+
+def expire_due(row: Row, now: int, expired_memory_ms: int) -> Result:
+    """Apply what is due at `now`: expire the prediction, time out pending feedback, forget markers.
+
+    Returns the row to keep (None deletes it) and the `unmatched` records to emit.
+    """
+    row = {**row, "pend": list(row["pend"])}
+    emits: list[Emit] = []
+    pred = row["pred"]
+    if pred is not None and now >= pred["exp"]:
+        row.update(pred=None, fbs=[], gone=pred["exp"])
+    still_waiting = []
+    for waiting in row["pend"]:
+        if now >= waiting["due"]:
+            detail = (
+                "no prediction for this application and join_key arrived within STREAMS_PENDING_TTL"
+            )
+            emits.append(
+                Emit("unmatched", unmatched_record(waiting["rec"], "no_prediction", detail, now))
+            )
+        else:
+            still_waiting.append(waiting)
+    row["pend"] = still_waiting
+    if row["gone"] is not None and now >= row["gone"] + expired_memory_ms:
+        row["gone"] = None
+    empty = row["pred"] is None and not row["pend"] and row["gone"] is None
+    return Result(None if empty else row, emits, "unmatched" if emits else "expired")
+
+
+def _expired_detail(expired_ms: int) -> str:
+    return f"the prediction's retention ended at {format_ts(expired_ms)}"

@@ -1,0 +1,52 @@
+"""How rows and the expiry index are laid out in the worker's two RocksDB tables.
+
+`state` holds one row per (application, join_key). `due` is an index ordered by time:
+its keys are `due time (8 bytes, big-endian ms) + row key`, so the sweep reads only
+the entries that are due, whatever the number of stored rows. A row keeps exactly
+one index entry, at `join.next_due(row)`; an entry whose time no longer matches its
+row is stale and is simply dropped by the sweep.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+
+from streams.join import Row
+
+_DUE = struct.Struct(">Q")
+
+
+def row_key(application: str, join_key: str) -> bytes:
+    """The state-table key: length-prefixed application, then the join key (both UTF-8)."""
+    app = application.encode("utf-8")
+    return struct.pack(">H", len(app)) + app + join_key.encode("utf-8")
+
+
+def encode_row(row: Row) -> bytes:
+    """A row as stored."""
+    return orjson.dumps(row)
+
+
+def decode_row(raw: bytes | None) -> Row | None:
+    """A stored row, or None."""
+    if raw is None:
+        return None
+    row: Row = orjson.loads(raw)
+    return row
+
+
+def due_key(due_ms: int, key: bytes) -> bytes:
+    """The index key of a row due at `due_ms`."""
+    return _DUE.pack(due_ms) + key
+
+
+def split_due_key(index_key: bytes) -> tuple[int, bytes]:
+    """(due time in ms, row key) of an index key."""
+    return _DUE.unpack_from(index_key)[0], index_key[_DUE.size :]
+
+
+def due_upper_bound(now_ms: int) -> bytes:
+    """The first index key that is not yet due at `now_ms`."""
+    return _DUE.pack(now_ms + 1)
