@@ -53,7 +53,7 @@ def joined_id(application: str, join_key: str, feedback_event_id: str) -> str:
 
 def new_row(application: str, join_key: str) -> Row:
     """An empty row: no prediction, no feedback, nothing pending."""
-    return {"app": application, "key": join_key, "pred": None, "fbs": [], "pend": [], "gone": None}
+    return {"app": application, "key": join_key, "pred": None, "pids": {}, "fbs": [], "pend": [], "gone": None}
 
 
 def next_due(row: Row, expired_memory_ms: int) -> int | None:
@@ -129,11 +129,14 @@ def on_prediction(
 ) -> Result:
     """Apply one prediction (already valid `prediction/v1`, `ts` its event time in ms)."""
     row = row if row is not None else new_row(prediction["application"], prediction["join_key"])
-    stored = row["pred"]
-    if stored is not None and stored["id"] == prediction["event_id"]:
-        if stored["src"] == src:  # a replay: say again what this input said
+    # Every prediction event_id applied to this row, with where it was read: a retry
+    # (even of a prediction since replaced) changes nothing; a replay re-emits.
+    seen_at = row["pids"].get(prediction["event_id"])
+    if seen_at is not None:
+        if seen_at == src:
             return Result(row, _reemit(row, src, now), "stored", replay=True)
         return Result(row, [], "duplicate")
+    row["pids"][prediction["event_id"]] = src
     expires = ts + retention_ms
     if now >= expires:
         # Arrived already expired: remember that it existed, so feedback says `expired`.
@@ -142,12 +145,12 @@ def on_prediction(
             Emit("unmatched", unmatched_record(p["rec"], "expired", _expired_detail(expires), now))
             for p in row["pend"]
         ]
-        return Result({**new_row(row["app"], row["key"]), "gone": gone}, emits, "expired")
+        marker = {**new_row(row["app"], row["key"]), "gone": gone, "pids": row["pids"]}
+        return Result(marker, emits, "expired")
     row["pred"] = {
         "id": prediction["event_id"],
         "ts": ts,
         "exp": expires,
-        "src": src,
         "version": prediction.get("version"),
         "inputs": prediction["inputs"],
         "outputs": prediction["outputs"],
