@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,18 +27,26 @@ SCHEMA_NAMES = ("prediction", "feedback", "joined", "unmatched", "deadletter")
 DEADLETTER_VALUE_LIMIT = 64 * 1024
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def format_ts(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with milliseconds: `2026-11-28T01:36:37.123Z`."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Integer arithmetic: a float of epoch seconds loses the millisecond in some years.
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_ts(text: str) -> int:
-    """RFC 3339 (any offset, any fraction) to epoch milliseconds."""
+    """RFC 3339 (any offset, any fraction) to epoch milliseconds, rounding half a ms up."""
     moment = datetime.fromisoformat(text.replace("z", "Z"))
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset")
-    return int(moment.timestamp() * 1000 + (0.5 if moment.microsecond % 1000 >= 500 else 0))
+    # Exact: `moment.timestamp() * 1000` is a float and truncates to the ms below in
+    # about one case in 200.
+    delta = moment - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (micros + 500) // 1000
 
 
 def to_ms(moment: datetime) -> int:
@@ -66,16 +75,19 @@ def load_schema(name: str) -> dict[str, Any]:
 @cache
 def validator(name: str) -> Callable[[Any], Any]:
     """A compiled validator for `<name>/v1`; raises fastjsonschema's error naming the field."""
-    compiled: Callable[[Any], Any] = fastjsonschema.compile(load_schema(name))
+    # A copy: compile() rewrites `$ref`s in place, which would change what load_schema returns.
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(copy.deepcopy(load_schema(name)))
     return compiled
 
 
 def validate(name: str, record: Record) -> None:
-    """Check a record against `<name>/v1`; raise `RecordError('schema_violation')` naming the field."""
+    """Check a record against `<name>/v1`; raise `RecordError` naming the field if it fails."""
     try:
         validator(name)(record)
     except fastjsonschema.JsonSchemaValueException as error:
-        field = (error.name or "data").replace("data.", "", 1).replace("data", "(record)")
+        # fastjsonschema names the record `data`: `data.tags.metadata` is `tags.metadata`.
+        name = error.name or "data"
+        field = name.removeprefix("data.") if name.startswith("data.") else "(record)"
         raise RecordError("schema_violation", f"{field}: {error.message}") from None
 
 
@@ -100,25 +112,40 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     except orjson.JSONDecodeError as error:
         raise RecordError("invalid_json", f"value: {error}") from None
     if not isinstance(record, dict):
-        raise RecordError("schema_violation", f"(record): a JSON object is needed, not {type(record).__name__}")
+        raise RecordError(
+            "schema_violation", f"(record): a JSON object is needed, not {type(record).__name__}"
+        )
     declared = record.get("schema")
     if declared != f"{expected}/v1":
         raise RecordError(
-            "unknown_schema", f"schema: {declared!r} is not {expected}/v1 (the only schema this topic takes)"
+            "unknown_schema",
+            f"schema: {declared!r} is not {expected}/v1 (the only schema this topic takes)",
         )
     join_key = record.get("join_key")
     if join_key is None or join_key == "":
         raise RecordError("missing_join_key", "join_key: missing or empty")
     validate(expected, record)
+    if "timestamp" in record:
+        # The schema's date-time check lets through what datetime cannot read (23:59:60).
+        try:
+            parse_ts(record["timestamp"])
+        except ValueError:
+            raise RecordError(
+                "schema_violation", f"timestamp: {record['timestamp']!r} is not a valid date-time"
+            ) from None
     if key is None:
-        raise RecordError("missing_join_key", "key: the Kafka record has no key (it must be the join_key)")
+        raise RecordError(
+            "missing_join_key", "key: the Kafka record has no key (it must be the join_key)"
+        )
     if key != join_key.encode("utf-8"):
         shown = key[:80].decode("utf-8", "replace")
         raise RecordError("key_mismatch", f"key: {shown!r} differs from join_key {join_key[:80]!r}")
     return record
 
 
-def text_or_base64(raw: bytes | None, limit: int = DEADLETTER_VALUE_LIMIT) -> tuple[str | None, str, bool]:
+def text_or_base64(
+    raw: bytes | None, limit: int = DEADLETTER_VALUE_LIMIT
+) -> tuple[str | None, str, bool]:
     """Bytes as (text, encoding, truncated): UTF-8 text when valid, else base64; cut at `limit`."""
     if raw is None:
         return None, "utf-8", False

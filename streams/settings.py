@@ -35,10 +35,14 @@ def parse_duration(text: str, variable: str = "duration") -> timedelta:
             variable, f"{text!r} is not a duration (use e.g. 250ms, 3s, 5m, 12h, 90d or seconds)"
         )
     number, unit = match.groups()
-    seconds = float(number) * _UNITS[unit or "s"]
-    if seconds <= 0:
+    try:
+        value = timedelta(seconds=float(number) * _UNITS[unit or "s"])
+    except OverflowError:
+        raise ConfigError(variable, f"{text!r} is too long") from None
+    # Compare the timedelta, not the float: `0.0001ms` rounds to zero microseconds.
+    if value <= timedelta(0):
         raise ConfigError(variable, f"{text!r} must be longer than zero")
-    return timedelta(seconds=seconds)
+    return value
 
 
 def format_duration(value: timedelta) -> str:
@@ -84,8 +88,9 @@ class Settings:
     topic_prefix: str = ""
     partitions: int = 8
     retention: timedelta = MAX_RETENTION
+    # Left out of the hash (a mapping has none) so a frozen Settings stays hashable.
     retention_by_application: Mapping[str, timedelta] = field(
-        default_factory=lambda: MappingProxyType({})
+        default_factory=lambda: MappingProxyType({}), hash=False
     )
     pending_ttl: timedelta = timedelta(days=1)
     data_dir: Path = Path("./streams-data")
@@ -106,14 +111,16 @@ class Settings:
         servers = text("STREAMS_BOOTSTRAP_SERVERS", defaults.bootstrap_servers)
         for server in servers.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit():
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65_535:
                 raise ConfigError("STREAMS_BOOTSTRAP_SERVERS", f"{server!r} is not host:port")
         app_id = text("STREAMS_APP_ID", defaults.app_id)
         if not _APP_ID.match(app_id):
             raise ConfigError("STREAMS_APP_ID", f"{app_id!r} may hold only letters, digits, . _ -")
         prefix = env.get("STREAMS_TOPIC_PREFIX", "").strip()
         if not _TOPIC_PREFIX.match(prefix) or len(prefix) > 200:
-            raise ConfigError("STREAMS_TOPIC_PREFIX", f"{prefix!r} may hold only letters, digits, . _ -")
+            raise ConfigError(
+                "STREAMS_TOPIC_PREFIX", f"{prefix!r} may hold only letters, digits, . _ -"
+            )
         retention = defaults.retention
         if env.get("STREAMS_RETENTION", "").strip():
             retention = parse_duration(env["STREAMS_RETENTION"], "STREAMS_RETENTION")
@@ -123,10 +130,16 @@ class Settings:
         pending_ttl = defaults.pending_ttl
         if env.get("STREAMS_PENDING_TTL", "").strip():
             pending_ttl = parse_duration(env["STREAMS_PENDING_TTL"], "STREAMS_PENDING_TTL")
+        data_dir = Path(text("STREAMS_DATA_DIR", str(defaults.data_dir)))
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(
+                "STREAMS_DATA_DIR", f"{str(data_dir)!r} exists and is not a directory"
+            )
         guarantee = text("STREAMS_PROCESSING_GUARANTEE", defaults.processing_guarantee).lower()
         if guarantee not in GUARANTEES:
             raise ConfigError(
-                "STREAMS_PROCESSING_GUARANTEE", f"{guarantee!r} is not one of {', '.join(GUARANTEES)}"
+                "STREAMS_PROCESSING_GUARANTEE",
+                f"{guarantee!r} is not one of {', '.join(GUARANTEES)}",
             )
         return cls(
             bootstrap_servers=servers,
@@ -138,7 +151,7 @@ class Settings:
                 {app: min(value, MAX_RETENTION) for app, value in by_application.items()}
             ),
             pending_ttl=pending_ttl,
-            data_dir=Path(text("STREAMS_DATA_DIR", str(defaults.data_dir))),
+            data_dir=data_dir,
             web_port=_int(env, "STREAMS_WEB_PORT", defaults.web_port, 1, 65_535),
             max_record_bytes=_int(
                 env, "STREAMS_MAX_RECORD_BYTES", defaults.max_record_bytes, 1024, 100_000_000

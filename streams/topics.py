@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # the admin module does not re-export it for mypy
 
 from streams.errors import StreamsError
 from streams.settings import Settings
@@ -19,6 +21,7 @@ FEEDBACK = "feedback"
 JOINED = "joined"
 UNMATCHED = "unmatched"
 DEADLETTER = "deadletter"
+FEEDBACK_STATS = "feedback-stats"
 INPUTS = (PREDICTIONS, FEEDBACK)
 OUTPUTS = (JOINED, UNMATCHED, DEADLETTER)
 
@@ -46,19 +49,29 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic of the contract, as `streams topics create` and the worker make them."""
     # Inputs outlive the longest retention by a day so a worker rebuilt from scratch
     # can still re-read any prediction that may yet be joined.
-    inputs = {"cleanup.policy": "delete", "retention.ms": _ms(settings.longest_retention + timedelta(days=1))}
+    inputs = {
+        "cleanup.policy": "delete",
+        "retention.ms": _ms(settings.longest_retention + timedelta(days=1)),
+    }
     outputs = {"cleanup.policy": "delete"}
     specs = [TopicSpec(settings.topic(name), settings.partitions, inputs) for name in INPUTS]
     specs += [TopicSpec(settings.topic(name), settings.partitions, outputs) for name in OUTPUTS]
+    # Aggregates: only the latest value per key matters (CONTRACT.md section 8).
+    stats = {"cleanup.policy": "compact"}
+    specs.append(TopicSpec(settings.topic(FEEDBACK_STATS), settings.partitions, stats))
     return specs
 
 
 def admin(settings: Settings) -> AdminClient:
     """An admin client for the configured cluster."""
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10_000})
+    return AdminClient(
+        {"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10_000}
+    )
 
 
-def partition_counts(client: AdminClient, names: list[str], timeout: float = 10.0) -> dict[str, int]:
+def partition_counts(
+    client: AdminClient, names: list[str], timeout: float = 10.0
+) -> dict[str, int]:
     """Partition count of each existing topic among `names` (missing ones are left out)."""
     metadata = client.list_topics(timeout=timeout)
     return {
@@ -68,7 +81,9 @@ def partition_counts(client: AdminClient, names: list[str], timeout: float = 10.
     }
 
 
-def create_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> list[str]:
+def create_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0
+) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are kept as they are."""
     client = admin(settings)
     specs = topic_specs(settings) if specs is None else specs
@@ -77,7 +92,12 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     created: list[str] = []
     if missing:
         futures = client.create_topics(
-            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config) for s in missing],
+            [
+                NewTopic(
+                    s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config
+                )
+                for s in missing
+            ],
             operation_timeout=timeout,
         )
         for name, future in futures.items():
@@ -88,7 +108,23 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
             except KafkaException as error:
                 if error.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
                     raise
+        _wait_until_listed(client, [spec.name for spec in missing], timeout)
     return created
+
+
+def _wait_until_listed(client: AdminClient, names: list[str], timeout: float) -> None:
+    # The controller answers CreateTopics before the brokers' metadata has the topic, so
+    # a check right after (check_copartitioned at worker start) could find it "missing".
+    deadline = time.monotonic() + timeout
+    while True:
+        unlisted = set(names) - set(partition_counts(client, names, timeout))
+        if not unlisted:
+            return
+        if time.monotonic() >= deadline:
+            raise StreamsError(
+                f"topic(s) created but not listed after {timeout} s: {sorted(unlisted)}"
+            )
+        time.sleep(0.05)
 
 
 def check_copartitioned(settings: Settings, timeout: float = 10.0) -> int:
