@@ -2,4 +2,25 @@
 
 from __future__ import annotations
 
+from streams.consumer import consume_joined
+from streams.errors import DeliveryError, StreamsError
+from streams.joinkey import JoinKey
+from streams.sdk import Application, close, fill_prompt, flush, get_application, init
+from streams.sdk_records import LogError, LogTypeError
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Application",
+    "DeliveryError",
+    "JoinKey",
+    "LogError",
+    "LogTypeError",
+    "StreamsError",
+    "close",
+    "consume_joined",
+    "fill_prompt",
+    "flush",
+    "get_application",
+    "init",
+]

@@ -1,0 +1,127 @@
+"""Reading what the worker wrote: `streams.consume_joined(group_id=...)`, `streams tail`.
+
+At least once, by this order: a record's offset is stored only when the caller comes
+back for the next record (so it has handled this one), and librdkafka commits stored
+offsets every second and on close. A reader that stops or crashes while handling a
+record reads that record again next time. Reads are `read_committed`: records of
+aborted or still-open transactions are never yielded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException
+
+from streams.records import Record
+from streams.settings import Settings
+from streams.topics import JOINED
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+def consume_joined(
+    group_id: str,
+    from_beginning: bool = False,
+    timeout: float | None = None,
+    settings: Settings | None = None,
+    **consumer_config: Any,
+) -> Generator[Record, None, None]:
+    """Yield joined records (dicts, `joined/v1`) as the worker writes them.
+
+    `group_id` names the consumer group: readers in one group share the partitions
+    and resume where the group left off. `from_beginning` applies when the group has
+    no committed offset yet (else only new records). `timeout` ends the iteration after
+    that many seconds without a record; None waits forever. Topic names come from
+    `settings` (default: `Settings.from_env()`); extra keywords are librdkafka settings.
+    """
+    settings = Settings.from_env() if settings is None else settings
+    return read_topic(
+        settings,
+        settings.topic(JOINED),
+        group_id=group_id,
+        from_beginning=from_beginning,
+        idle_timeout=timeout,
+        **consumer_config,
+    )
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    group_id: str | None = None,
+    from_beginning: bool = False,
+    idle_timeout: float | None = None,
+    **consumer_config: Any,
+) -> Generator[Record, None, None]:
+    """Yield the JSON records of `topic` (its full name), `read_committed`.
+
+    With a `group_id`, offsets are committed as described above. Without one (`streams
+    tail`), a throwaway group reads and commits nothing. `idle_timeout` ends the
+    iteration after that many seconds without a record; None waits forever.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": group_id or f"streams-reader-{uuid.uuid4()}",
+        "isolation.level": "read_committed",  # librdkafka's default; said out loud (TRAPS.md)
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": group_id is not None,
+        "enable.auto.offset.store": False,  # we store each offset once the caller is done
+        "auto.commit.interval.ms": 1000,
+        "logger": log,
+        **consumer_config,
+    }
+    consumer = Consumer(config)
+    consumer.subscribe([topic])
+    log.info("read_topic_start topic=%s group_id=%s", topic, config["group.id"])
+    try:
+        last = time.monotonic()
+        while True:
+            wait = POLL_SECONDS
+            if idle_timeout is not None:
+                wait = min(wait, max(0.0, last + idle_timeout - time.monotonic()))
+            message = consumer.poll(wait)
+            if message is None:
+                if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
+                    return
+                continue
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("consume_error topic=%s error=%s", topic, error.str())
+                continue
+            last = time.monotonic()
+            record = _decode(message.value())
+            if record is None:
+                # Not written by the worker; reported, then passed over.
+                log.error(
+                    "undecodable_record topic=%s partition=%s offset=%s",
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                )
+            else:
+                yield record
+            if group_id is not None:
+                consumer.store_offsets(message)
+    finally:
+        consumer.close()
+
+
+def _decode(value: bytes | str | None) -> Record | None:
+    if value is None:
+        return None
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
