@@ -58,7 +58,7 @@ class Sweeper:
     def active_partitions(self) -> list[int]:
         """Partitions of the input topics this worker processes now (not standbys)."""
         app = self.join_app.app
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        if app.rebalancing or not self.join_app.recovered():
             return []
         predictions = self.join_app.topic_names["predictions"]
         return sorted(

@@ -53,7 +53,15 @@ def joined_id(application: str, join_key: str, feedback_event_id: str) -> str:
 
 def new_row(application: str, join_key: str) -> Row:
     """An empty row: no prediction, no feedback, nothing pending."""
-    return {"app": application, "key": join_key, "pred": None, "pids": {}, "fbs": [], "pend": [], "gone": None}
+    return {
+        "app": application,
+        "key": join_key,
+        "pred": None,
+        "pids": {},
+        "fbs": [],
+        "pend": [],
+        "gone": None,
+    }
 
 
 def next_due(row: Row, expired_memory_ms: int) -> int | None:
@@ -141,12 +149,12 @@ def on_prediction(
     if now >= expires:
         # Arrived already expired: remember that it existed, so feedback says `expired`.
         gone = max(expires, row["gone"] or 0)
-        emits = [
+        timed_out = [
             Emit("unmatched", unmatched_record(p["rec"], "expired", _expired_detail(expires), now))
             for p in row["pend"]
         ]
         marker = {**new_row(row["app"], row["key"]), "gone": gone, "pids": row["pids"]}
-        return Result(marker, emits, "expired")
+        return Result(marker, timed_out, "expired")
     row["pred"] = {
         "id": prediction["event_id"],
         "ts": ts,

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import RawProducer, WorkerProcess
 
 from streams.settings import Settings
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from kafka_ping import answers  # noqa: E402
 
 KINDS = ("unit", "integration", "chaos")
-BROKER_FIXTURES = {"bootstrap", "settings", "env"}
+BROKER_FIXTURES = {"bootstrap", "settings", "env", "workers", "producer"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,9 +85,32 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No STREAMS_* variable from the caller's shell leaks into the test."""
     for name in list(os.environ):
         if name.startswith("STREAMS_"):
             monkeypatch.delenv(name)
-    yield
+
+
+@pytest.fixture
+def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `streams worker` processes (own data dir and port each); stop them after."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", wait: bool = True, **overrides: str) -> WorkerProcess:
+        if started:  # every further worker needs its own data dir and web port
+            overrides.setdefault("STREAMS_DATA_DIR", str(tmp_path / f"data-{name}"))
+            overrides.setdefault("STREAMS_WEB_PORT", str(free_port()))
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", **overrides)
+        started.append(worker)
+        return worker.start(wait)
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def producer(bootstrap: str, topic_prefix: str) -> RawProducer:
+    """A raw confluent-kafka producer (murmur2) writing to this test's topics."""
+    return RawProducer(bootstrap, topic_prefix)

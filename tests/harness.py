@@ -1,0 +1,263 @@
+"""Test helpers: run `streams worker` as a real process, produce raw records, read topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.join import joined_id
+from streams.records import format_ts
+
+
+def now_ts() -> str:
+    return format_ts(int(datetime.now(UTC).timestamp() * 1000))
+
+
+def prediction(app: str, key: str, event_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {
+        "schema": "prediction/v1",
+        "application": app,
+        "join_key": key,
+        "event_id": event_id or str(uuid.uuid4()),
+        "timestamp": now_ts(),
+        "inputs": {"text": f"input of {key}"},
+        "outputs": {"label": "yes"},
+        **fields,
+    }
+
+
+def feedback(
+    app: str, key: str, fields: dict[str, Any], event_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "schema": "feedback/v1",
+        "application": app,
+        "join_key": key,
+        "event_id": event_id or str(uuid.uuid4()),
+        "timestamp": now_ts(),
+        "feedback": fields,
+    }
+
+
+class RawProducer:
+    """A plain confluent-kafka producer, murmur2 unless told otherwise, for exact control."""
+
+    def __init__(self, bootstrap: str, prefix: str, partitioner: str = "murmur2_random") -> None:
+        self.prefix = prefix
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": partitioner, "linger.ms": 1}
+        )
+
+    def send(
+        self,
+        topic: str,
+        value: dict[str, Any] | bytes | None,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        null_key: bool = False,
+    ) -> None:
+        """Produce one record; the key defaults to the value's join_key unless `null_key`."""
+        raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+        if key is None and isinstance(value, dict) and not null_key:
+            key = value.get("join_key")
+        kwargs: dict[str, Any] = {"key": key, "value": raw}
+        if partition is not None:
+            kwargs["partition"] = partition
+        self.producer.produce(self.prefix + topic, **kwargs)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0, "records not delivered"
+
+
+@dataclass
+class Read:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: dict[str, Any]
+
+
+def read_topic(
+    bootstrap: str, topic: str, count: int, timeout: float = 30.0, settle: float = 0.0
+) -> list[Read]:
+    """Read `topic` from the beginning until `count` records (then `settle` s more) or timeout."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[Read] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is None and len(found) >= count:
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            found.append(
+                Read(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    orjson.loads(message.value()),
+                )
+            )
+    finally:
+        consumer.close()
+    return found
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records a topic holds (sum of high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}"})
+    try:
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
+    finally:
+        consumer.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class WorkerProcess:
+    """`streams worker` in a subprocess with its own environment and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, **overrides: str) -> None:
+        self.env = {**os.environ, **env, **overrides, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.port = int(self.env["STREAMS_WEB_PORT"])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> WorkerProcess:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def http(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}{path}", timeout=5
+            ) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if self.http("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = self.http("/metrics")
+        assert status == 200, body
+        samples = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """One sample's value (0 when absent)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def by_id(records: Iterable[Read]) -> dict[str, dict[str, Any]]:
+    return {r.value["id"]: r.value for r in records}
+
+
+def assert_joined_once_by_id(out: Iterable[Read], events: Iterable[dict[str, Any]]) -> None:
+    """Every feedback event has its joined record, nothing else is there, and a repeat is identical.
+
+    At-least-once delivery may repeat a joined record after a rebalance or a crash;
+    the contract is that the repeat carries the same id and the same content.
+    """
+    expected = {
+        joined_id(str(e["application"]), str(e["join_key"]), str(e["event_id"])) for e in events
+    }
+    seen: dict[str, tuple[Any, ...]] = {}
+    for record in out:
+        value = record.value
+        content = (
+            value["feedback"],
+            value["feedback_revision"],
+            value["inputs"],
+            value["prediction_event_id"],
+        )
+        assert seen.setdefault(value["id"], content) == content, f"repeat of {value['id']} differs"
+    missing = expected - set(seen)
+    assert not missing, f"{len(missing)} feedback record(s) never joined"
+    assert set(seen) == expected, "joined records nobody asked for"

@@ -1,0 +1,57 @@
+"""Kill a worker with SIGKILL mid-stream: no joined record is lost, a repeat carries the same id."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from harness import RawProducer, assert_joined_once_by_id, feedback, prediction, read_topic
+from test_worker import Start
+
+pytestmark = pytest.mark.chaos
+
+
+def produce_stream(
+    producer: RawProducer, keys: list[str], seconds: float
+) -> list[dict[str, object]]:
+    """Predictions then feedback for each key, spread over `seconds`."""
+    events = []
+    pause = seconds / len(keys)
+    for key in keys:
+        producer.send("predictions", prediction("loans", key))
+        events.append(fb := feedback("loans", key, {"thumbs_up": len(key) % 2 == 0}))
+        producer.send("feedback", fb)
+        producer.producer.poll(0)
+        time.sleep(pause)
+    producer.flush()
+    return events
+
+
+@pytest.mark.parametrize(
+    "lose_local_state", [False, True], ids=["same-data-dir", "rebuilt-from-changelog"]
+)
+def test_sigkill_mid_stream_loses_no_joined_record(
+    workers: Start,
+    producer: RawProducer,
+    bootstrap: str,
+    topic_prefix: str,
+    env: dict[str, str],
+    lose_local_state: bool,
+) -> None:
+    """Invariant: each feedback for a live prediction is in joined, by id; repeats are identical."""
+    worker = workers("w1")
+    keys = [f"c{i}" for i in range(600)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 6.0)))
+    sender.start()
+    time.sleep(2.5)
+    worker.kill()
+    if lose_local_state:
+        shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
+    sender.join()
+    worker.start()
+    out = read_topic(bootstrap, topic_prefix + "joined", len(keys), timeout=120, settle=2.0)
+    assert_joined_once_by_id(out, events)
