@@ -36,7 +36,7 @@ from streams.errors import RecordError
 from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
 from streams.records import decode_input, dumps, parse_ts
-from streams.settings import EXPIRED_MEMORY, Settings
+from streams.settings import Settings
 from streams.state import decode_row, due_key, encode_row, row_key
 from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
 
@@ -55,6 +55,16 @@ STATE_OPTIONS = {
     "block_cache_size": 32 * 1024**2,
     "write_buffer_size": 16 * 1024**2,
     "max_write_buffer_number": 2,
+}
+# Changelogs are compacted: the latest row per key survives, deleted rows (expired
+# predictions, timed-out feedback) leave as tombstones, which compaction removes a day
+# later. Hour-long segments let compaction reach rows within the hour, instead of
+# waiting for a 7-day segment to close.
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3_600_000),
+    "delete.retention.ms": str(86_400_000),
+    "min.cleanable.dirty.ratio": "0.2",
 }
 DUE_OPTIONS = {
     "block_cache_size": 8 * 1024**2,
@@ -87,7 +97,7 @@ class JoinApp:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.expired_memory_ms = int(EXPIRED_MEMORY.total_seconds() * 1000)
+        self.expired_memory_ms = int(settings.expired_memory.total_seconds() * 1000)
         self.pending_ttl_ms = int(settings.pending_ttl.total_seconds() * 1000)
         self.app = faust.App(
             settings.app_id,
@@ -116,12 +126,13 @@ class JoinApp:
             name: self.app.topic(settings.topic(name), internal=False, **RAW)
             for name in (JOINED, UNMATCHED, DEADLETTER)
         }
-        self.state = self.app.Table(
-            "state", partitions=settings.partitions, options=STATE_OPTIONS, **TABLE
-        )
-        self.due = self.app.Table(
-            "due", partitions=settings.partitions, options=DUE_OPTIONS, **TABLE
-        )
+        tables = {
+            "partitions": settings.partitions,
+            "extra_topic_configs": CHANGELOG_CONFIG,
+            **TABLE,
+        }
+        self.state = self.app.Table("state", options=STATE_OPTIONS, **tables)
+        self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
         # Held by the agent while it reads and writes a row, and by the sweep per chunk.
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)

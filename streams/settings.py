@@ -97,6 +97,8 @@ class Settings:
     web_port: int = 6066
     max_record_bytes: int = 1_000_000
     processing_guarantee: str = "at_least_once"
+    # The contract promises at least a day; shorter is for tests of the forgetting itself.
+    expired_memory: timedelta = EXPIRED_MEMORY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +132,9 @@ class Settings:
         pending_ttl = defaults.pending_ttl
         if env.get("STREAMS_PENDING_TTL", "").strip():
             pending_ttl = parse_duration(env["STREAMS_PENDING_TTL"], "STREAMS_PENDING_TTL")
+        expired_memory = defaults.expired_memory
+        if env.get("STREAMS_EXPIRED_MEMORY", "").strip():
+            expired_memory = parse_duration(env["STREAMS_EXPIRED_MEMORY"], "STREAMS_EXPIRED_MEMORY")
         data_dir = Path(text("STREAMS_DATA_DIR", str(defaults.data_dir)))
         if data_dir.exists() and not data_dir.is_dir():
             raise ConfigError(
@@ -157,6 +162,7 @@ class Settings:
                 env, "STREAMS_MAX_RECORD_BYTES", defaults.max_record_bytes, 1024, 100_000_000
             ),
             processing_guarantee=guarantee,
+            expired_memory=expired_memory,
         )
 
     def retention_for(self, application: str) -> timedelta:
