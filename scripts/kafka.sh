@@ -17,7 +17,7 @@ controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 pidfile="$state/broker.pid"
 python="${PYTHON:-python3}"
 
-ping() { "$python" "$root/scripts/kafka_ping.py" "$address"; }
+ping() { "$python" "$root/streams/kafka_ping.py" "$address"; }
 
 fetch_jars() {
   if [ -f "$state/jars/.complete" ] && cmp -s "$root/kafka/pom.xml" "$state/jars/.complete"; then

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, NamedTuple
 
 import faust
@@ -72,6 +73,10 @@ DUE_OPTIONS = {
     "max_write_buffer_number": 2,
 }
 REROUTED_HEADER = "streams-rerouted-from"
+# A crashed fetcher stops consumption while the process lives on; exit so a
+# supervisor restarts the worker (the restart is as safe as a kill, see above).
+WATCHDOG_SECONDS = 2.0
+CRASH_EXIT_STATUS = 70
 SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
 
 
@@ -138,6 +143,7 @@ class JoinApp:
         self.sweeper = Sweeper(self)
         self.app.agent(self.inputs, name="join")(self._agent)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
+        self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
         self._install_pages()
 
     # -- the agent ---------------------------------------------------------------
@@ -288,6 +294,21 @@ class JoinApp:
         topic = self.input_topics.get(out.topic) or self.outputs[out.topic]
         await topic.send(key=out.key, value=out.value, partition=out.partition, headers=out.headers)
 
+    def crashed(self) -> list[str]:
+        """What crashed among the app, its consumer and its fetcher, with the reasons."""
+        app: Any = self.app
+        services = {"app": app, "consumer": app.consumer, "fetcher": app._fetcher}
+        return [f"{name}: {s.crash_reason!r}" for name, s in services.items() if s.crashed]
+
+    async def _watchdog(self) -> None:
+        crashed = self.crashed()
+        if crashed:
+            log.critical(
+                "worker_crashed exiting=%d reasons=%s", CRASH_EXIT_STATUS, "; ".join(crashed)
+            )
+            logging.shutdown()
+            os._exit(CRASH_EXIT_STATUS)
+
     def recovered(self) -> bool:
         """True once the tables are rebuilt from their changelogs and the agent runs."""
         manager: Any = self.app.tables  # the recovery service is not in faust's type stubs
@@ -301,6 +322,9 @@ class JoinApp:
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
+            crashed = self.crashed()
+            if crashed:
+                return web.json({"status": "crashed", "reasons": crashed}, status=503)
             ready = self.recovered() and not app.should_stop
             return web.json({"status": "ok" if ready else "starting"}, status=200 if ready else 503)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,11 +11,10 @@ from pathlib import Path
 import pytest
 from harness import RawProducer, WorkerProcess
 
+from streams.kafka_ping import answers
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from kafka_ping import answers  # noqa: E402
 
 KINDS = ("unit", "integration", "chaos")
 BROKER_FIXTURES = {"bootstrap", "settings", "env", "workers", "producer"}

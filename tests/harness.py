@@ -57,10 +57,21 @@ def feedback(
 class RawProducer:
     """A plain confluent-kafka producer, murmur2 unless told otherwise, for exact control."""
 
-    def __init__(self, bootstrap: str, prefix: str, partitioner: str = "murmur2_random") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        partitioner: str = "murmur2_random",
+        compression: str = "none",
+    ) -> None:
         self.prefix = prefix
         self.producer = Producer(
-            {"bootstrap.servers": bootstrap, "partitioner": partitioner, "linger.ms": 1}
+            {
+                "bootstrap.servers": bootstrap,
+                "partitioner": partitioner,
+                "linger.ms": 1,
+                "compression.type": compression,
+            }
         )
 
     def send(

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_ping import answers
+
+from streams.kafka_ping import answers
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
@@ -142,7 +143,7 @@ def test_a_read_committed_consumer_sees_only_committed_records(bootstrap: str, t
 def test_kafka_ping_answers_for_the_broker(bootstrap: str) -> None:
     assert any(answers(server) for server in bootstrap.split(","))
     ping = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "kafka_ping.py"), bootstrap],
+        [sys.executable, str(ROOT / "streams" / "kafka_ping.py"), bootstrap],
         check=False,
         timeout=30,
     )
@@ -155,7 +156,7 @@ def test_kafka_ping_is_false_for_a_closed_port() -> None:
 
     assert answers(address) is False
     ping = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "kafka_ping.py"), address],
+        [sys.executable, str(ROOT / "streams" / "kafka_ping.py"), address],
         check=False,
         timeout=30,
     )

@@ -327,3 +327,31 @@ def test_health_and_metrics_add_up(
     assert metric(samples, "streams_deadletter_total", topic="feedback", reason="invalid_json") == 1
     assert metric(samples, "streams_outcomes_total", topic="predictions", outcome="duplicate") == 1
     assert ("streams_stored_rows", ()) in samples
+
+
+def test_records_from_the_sdk_and_any_compression_are_joined(
+    workers: Start, bootstrap: str, topic_prefix: str, settings: Any
+) -> None:
+    """The worker reads what real producers write: the SDK (lz4) and gzip, snappy, zstd."""
+    import streams
+
+    workers()
+    streams.init(settings=settings)
+    try:
+        app = streams.get_application("loans")
+        _, keys = app.log(
+            inputs=[{"n": i} for i in range(10)], outputs=[{"y": i} for i in range(10)]
+        )
+        app.log(feedbacks=[{"thumbs_up": True}] * 10, join_keys=keys)
+        streams.flush()
+    finally:
+        streams.close()
+    expected = 10
+    for codec in ("gzip", "snappy", "zstd"):
+        raw = RawProducer(bootstrap, topic_prefix, compression=codec)
+        raw.send("predictions", prediction("loans", codec))
+        raw.send("feedback", feedback("loans", codec, {"thumbs_up": False}))
+        raw.flush()
+        expected += 1
+    out = read_topic(bootstrap, topic_prefix + "joined", expected, settle=1.0)
+    assert len({r.value["id"] for r in out}) == expected

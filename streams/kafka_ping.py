@@ -1,7 +1,8 @@
 """Exit 0 when a Kafka broker answers an ApiVersions request at HOST:PORT.
 
-Standard library only, so `make kafka-up` can tell "a broker answers" from "a port is
-open" before any virtualenv exists. Usage: kafka_ping.py [host:port[,host:port...]].
+Standard library only, so `make kafka-up` can run this file with any python3 to tell
+"a broker answers" from "a port is open" before a virtualenv exists.
+Usage: python3 streams/kafka_ping.py [host:port[,host:port...]].
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ def answers(address: str, timeout: float = 2.0) -> bool:
     if len(header) < 8:
         return False
     _size, received_id = struct.unpack(">ii", header)
-    return received_id == correlation_id
+    return bool(received_id == correlation_id)
 
 
 def main() -> int:
+    """Exit status 0 when any of the given brokers answers."""
     servers = sys.argv[1] if len(sys.argv) > 1 else "localhost:9092"
     return 0 if any(answers(s.strip()) for s in servers.split(",") if s.strip()) else 1
 

@@ -1,0 +1,349 @@
+"""`make demo`: the whole job on this machine, start to finish, in about a minute.
+
+Starts a local broker if none answers, runs one worker, logs a realistic sample with
+the SDK (predictions, delayed feedback, feedback before its prediction, feedback for
+unknown keys, late feedback past retention, a few malformed records), then prints
+what was joined, unmatched and dead-lettered and the % positive feedback per
+application and version, writes a chart, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+import streams
+from streams.consumer import read_topic
+from streams.kafka_ping import answers
+from streams.settings import Settings
+from streams.topics import create_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT_RETENTION_APP = "support-bot"
+
+
+def broker_answers(servers: str) -> bool:
+    """True when a Kafka broker answers at one of `servers`."""
+    return any(answers(server.strip()) for server in servers.split(","))
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(port: int, worker: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    """Wait for the worker's /health to answer 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"demo: the worker exited with {worker.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("demo: the worker did not become healthy")
+
+
+def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str, Any]:
+    """Log predictions and feedback the way applications do; return what was sent."""
+    sent: dict[str, Any] = {"predictions": 0, "feedback": 0, "early": 0, "unknown": 0, "late": []}
+    loans = streams.get_application(app_names[0])
+    bot = streams.get_application(app_names[1])
+    # Some feedback arrives before its prediction: log it first, for keys made now.
+    early_keys = [str(uuid.uuid4()) for _ in range(count // 20)]
+    loans.log(feedbacks=[{"approved_correct": True} for _ in early_keys], join_keys=early_keys)
+    sent["early"] = len(early_keys)
+    sent["feedback"] += len(early_keys)
+    loan_keys: dict[str, list[str]] = {}
+    for version in ("v1", "v2"):
+        rows = count // 2
+        _, keys = loans.log(
+            inputs=[
+                {
+                    "amount": rng.randint(500, 50_000),
+                    "income": rng.randint(15_000, 200_000),
+                    "term_months": rng.choice([12, 24, 36, 60]),
+                }
+                for _ in range(rows)
+            ],
+            outputs=[
+                {"approved": rng.random() < 0.6, "score": round(rng.random(), 3)}
+                for _ in range(rows)
+            ],
+            version=version,
+            tags={"region": rng.choice(["eu", "us"])},
+        )
+        loan_keys[version] = keys
+        sent["predictions"] += rows
+    loans.log(
+        inputs=[{"amount": 1000}] * len(early_keys),
+        outputs=[{"approved": True}] * len(early_keys),
+        join_keys=early_keys,
+        version="v2",
+    )
+    sent["predictions"] += len(early_keys)
+    bot_keys = []
+    for i in range(count // 5):
+        request = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"question {i}"}],
+        }
+        response = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "choices": [{"message": {"content": "answer"}}],
+        }
+        bot_keys.append(
+            bot.log_completion(
+                open_ai_api_request=request,
+                open_ai_api_response=response,
+                version=rng.choice([1, 2]),
+            )
+        )
+    sent["predictions"] += len(bot_keys)
+    streams.flush()
+    # Delayed feedback on 80% of the loans; v2 is right more often than v1.
+    time.sleep(2)
+    answered: list[str] = []
+    for version, rate in (("v1", 0.55), ("v2", 0.75)):
+        keys = rng.sample(loan_keys[version], int(len(loan_keys[version]) * 0.8))
+        loans.log(
+            feedbacks=[{"approved_correct": rng.random() < rate} for _ in keys], join_keys=keys
+        )
+        answered += keys
+    bot_answered = bot_keys[: len(bot_keys) // 2]
+    bot.log(
+        feedbacks=[{"thumbs_up": rng.random() < 0.7} for _ in bot_answered], join_keys=bot_answered
+    )
+    unknown = [str(uuid.uuid4()) for _ in range(count // 50)]
+    loans.log(feedbacks=[{"approved_correct": False} for _ in unknown], join_keys=unknown)
+    sent["unknown"] = len(unknown)
+    sent["feedback"] += len(answered) + len(bot_answered) + len(unknown)
+    streams.flush()
+    sent["late"] = bot_keys[len(bot_keys) // 2 : len(bot_keys) // 2 + 20]
+    return sent
+
+
+def send_malformed(settings: Settings) -> int:
+    """A few records no SDK would write, from a plain Kafka client."""
+    producer = Producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random"}
+    )
+    topic = settings.topic("feedback")
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"k1", b"{this is not json"),
+        (b"k2", b"\xff\xfe\x00binary"),
+        (
+            b"k3",
+            orjson.dumps(
+                {
+                    "schema": "feedback/v1",
+                    "application": "loan-approval",
+                    "join_key": "k3",
+                    "event_id": "e3",
+                    "feedback": {},
+                }
+            ),
+        ),
+        (
+            None,
+            orjson.dumps(
+                {
+                    "schema": "feedback/v1",
+                    "application": "loan-approval",
+                    "join_key": "k4",
+                    "event_id": "e4",
+                    "feedback": {"ok": True},
+                }
+            ),
+        ),
+        (b"k5", orjson.dumps({"schema": "feedback/v7", "join_key": "k5"})),
+    ]
+    for key, value in bad:
+        producer.produce(topic, key=key, value=value)
+    producer.flush(30)
+    return len(bad)
+
+
+def positive_series(
+    joined: list[dict[str, Any]], fields: dict[str, str]
+) -> dict[tuple[str, str], Counter[str]]:
+    """% positive per (application, version) from the latest joined record of each prediction."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in joined:
+        key = (record["application"], record["join_key"])
+        if key not in latest or record["feedback_revision"] >= latest[key]["feedback_revision"]:
+            latest[key] = record
+    counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for record in latest.values():
+        value = record["feedback"].get(fields.get(record["application"], ""))
+        if isinstance(value, bool):
+            group = counts[(record["application"], str(record["version"]))]
+            group["total"] += 1
+            group["positive"] += value
+    return counts
+
+
+def write_chart(counts: dict[tuple[str, str], Counter[str]], path: Path) -> bool:
+    """A bar chart of % positive per application and version; False when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = [f"{app}\n{version}" for app, version in sorted(counts)]
+    values = [100 * counts[k]["positive"] / counts[k]["total"] for k in sorted(counts)]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.bar(labels, values, color="#4c72b0")
+    axes.set_ylabel("% positive feedback")
+    axes.set_ylim(0, 100)
+    axes.set_title("Positive feedback by application and version (demo)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def run(count: int, out_dir: Path) -> int:
+    """The demo itself; returns an exit status."""
+    servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
+    started_broker = False
+    if not broker_answers(servers):
+        print(f"demo: no broker at {servers}; starting the local one (make kafka-up)")
+        subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True)
+        started_broker = True
+    run_id = uuid.uuid4().hex[:8]
+    data_dir = Path(tempfile.mkdtemp(prefix="streams-demo-"))
+    env = {
+        **os.environ,
+        "STREAMS_BOOTSTRAP_SERVERS": servers,
+        "STREAMS_TOPIC_PREFIX": f"demo-{run_id}.",
+        "STREAMS_APP_ID": f"demo-{run_id}",
+        "STREAMS_PARTITIONS": "4",
+        "STREAMS_DATA_DIR": str(data_dir),
+        "STREAMS_WEB_PORT": str(free_port()),
+        "STREAMS_PENDING_TTL": "15s",
+        "STREAMS_RETENTION_BY_APPLICATION": f"{SHORT_RETENTION_APP}=20s",
+    }
+    settings = Settings.from_env(env)
+    create_topics(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (out_dir / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(settings.web_port, worker)
+        print(
+            f"demo: worker up (topics {settings.topic_prefix}*, metrics http://localhost:{settings.web_port}/metrics)"
+        )
+        streams.init(settings=settings)
+        rng = random.Random(7)
+        started = time.monotonic()
+        sent = log_sample(["loan-approval", SHORT_RETENTION_APP], count, rng)
+        malformed = send_malformed(settings)
+        print(
+            f"demo: logged {sent['predictions']} predictions, {sent['feedback']} feedback "
+            f"({sent['early']} before their prediction, {sent['unknown']} for unknown keys), "
+            f"{malformed} malformed records"
+        )
+        wait = 22 - (time.monotonic() - started)
+        print(
+            f"demo: waiting {max(wait, 0):.0f}s, then {len(sent['late'])} feedback past "
+            f"{SHORT_RETENTION_APP}'s 20s retention"
+        )
+        time.sleep(max(wait, 0))
+        streams.get_application(SHORT_RETENTION_APP).log(
+            feedbacks=[{"thumbs_up": True} for _ in sent["late"]], join_keys=sent["late"]
+        )
+        streams.flush()
+        print("demo: waiting for the unknown keys' feedback to time out (STREAMS_PENDING_TTL=15s)")
+        time.sleep(16)
+        outputs = {
+            name: list(
+                read_topic(settings, settings.topic(name), from_beginning=True, idle_timeout=4)
+            )
+            for name in ("joined", "unmatched", "deadletter")
+        }
+        report(outputs, out_dir)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log_file.close()
+        streams.close()
+        if started_broker:
+            subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "down"], check=False)
+    return 0
+
+
+def report(outputs: dict[str, list[dict[str, Any]]], out_dir: Path) -> None:
+    """Print the counts, the % positive table, and write the chart."""
+    joined = outputs["joined"]
+    print(f"\njoined      {len(joined):6d} records ({len({r['id'] for r in joined})} distinct ids)")
+    reasons = Counter(r["reason"] for r in outputs["unmatched"])
+    print(
+        f"unmatched   {len(outputs['unmatched']):6d}  "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+    )
+    dead = Counter(r["reason"] for r in outputs["deadletter"])
+    print(
+        f"deadletter  {len(outputs['deadletter']):6d}  "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(dead.items()))
+    )
+    counts = positive_series(
+        joined, {"loan-approval": "approved_correct", SHORT_RETENTION_APP: "thumbs_up"}
+    )
+    print("\n% positive feedback by application and version")
+    print(f"{'application':<16}{'version':<9}{'predictions':>12}{'positive':>10}{'%':>8}")
+    for (app, version), group in sorted(counts.items()):
+        share = 100 * group["positive"] / group["total"]
+        print(f"{app:<16}{version:<9}{group['total']:>12}{group['positive']:>10}{share:>7.1f}%")
+    chart = out_dir / "positive-feedback.png"
+    if write_chart(counts, chart):
+        print(f"\nchart: {chart}")
+    if joined:
+        print(
+            "\none joined record:\n" + orjson.dumps(joined[-1], option=orjson.OPT_INDENT_2).decode()
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m streams.demo` (`make demo`)."""
+    parser = argparse.ArgumentParser(prog="streams.demo", description=__doc__)
+    parser.add_argument("--count", type=int, default=3000, help="predictions to log (default 3000)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="where the chart and log go"
+    )
+    args = parser.parse_args(argv)
+    return run(args.count, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
