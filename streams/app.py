@@ -215,6 +215,9 @@ class JoinApp:
     ) -> list[Outgoing]:
         key = row_key(record["application"], record["join_key"])
         row = decode_row(self.state.get(key))
+        # The rules update the row in place: note what it was before them.
+        due_before = join.next_due(row, self.expired_memory_ms) if row else None
+        waiting_before = len(row["pend"]) if row else 0
         src = f"{kind[0]}{message.partition}:{message.offset}"
         if kind == PREDICTIONS:
             retention = int(
@@ -223,16 +226,17 @@ class JoinApp:
             result = join.on_prediction(row, record, event_ts, src, now, retention)
         else:
             result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
-        self._write(key, row, result.row)
-        self._count(kind, result, row, now, kafka_ts)
+        self._write(key, row is not None, due_before, result.row)
+        self._count(kind, result, waiting_before, now, kafka_ts)
         join_key = message.key
         return [Outgoing(emit.topic, join_key, dumps(emit.record)) for emit in result.emits]
 
-    def _write(self, key: bytes, before: join.Row | None, after: join.Row | None) -> None:
-        old_due = join.next_due(before, self.expired_memory_ms) if before else None
+    def _write(
+        self, key: bytes, existed: bool, old_due: int | None, after: join.Row | None
+    ) -> None:
         new_due = join.next_due(after, self.expired_memory_ms) if after else None
         if after is None:
-            if before is not None:
+            if existed:
                 del self.state[key]
         else:
             self.state[key] = encode_row(after)
@@ -243,7 +247,7 @@ class JoinApp:
                 self.due[due_key(new_due, key)] = b""
 
     def _count(
-        self, kind: str, result: join.Result, before: join.Row | None, now: int, kafka_ts: int
+        self, kind: str, result: join.Result, waiting_before: int, now: int, kafka_ts: int
     ) -> None:
         m = self.metrics
         m.outcomes.labels(kind, result.outcome).inc()
@@ -260,11 +264,10 @@ class JoinApp:
             return
         if kind == FEEDBACK and result.outcome == "pending":
             m.pending.inc()
-        elif kind == PREDICTIONS and before is not None and before["pend"]:
-            waited = len(before["pend"])
+        elif kind == PREDICTIONS and waiting_before and result.outcome in ("stored", "expired"):
             outcome = "joined" if result.outcome == "stored" else "unmatched"
-            m.pending_resolved.labels(outcome).inc(waited)
-            m.pending.dec(waited)
+            m.pending_resolved.labels(outcome).inc(waiting_before)
+            m.pending.dec(waiting_before)
 
     def _deadletter(
         self, kind: str, message: Any, error: RecordError, kafka_ts: int, now: int

@@ -1,7 +1,8 @@
 """The join rules (CONTRACT.md section 4) as plain functions over plain values.
 
 Each function takes the stored row for one (application, join_key), one input and
-the current time, and returns the new row and the records to emit. Nothing here
+the current time, and returns the new row and the records to emit. The row passed
+in is the caller's to give away: it may be updated in place and returned. Nothing here
 knows about faust or Kafka, so the rules are tested exhaustively without a broker.
 
 Replays. After a crash the worker re-reads input it had already applied (at least

@@ -86,7 +86,7 @@ def test_feedback_joins_merges_and_inline_feedback_joins_on_store(
 def test_feedback_before_its_prediction_waits_then_joins_or_times_out(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
 ) -> None:
-    worker = workers(STREAMS_PENDING_TTL="4s")
+    worker = workers(STREAMS_PENDING_TTL="4s", STREAMS_RETENTION="6s")
     early = feedback("loans", "late-pred", {"thumbs_up": True})
     orphan = feedback("loans", "never", {"thumbs_up": False})
     producer.send("feedback", early)
@@ -103,6 +103,11 @@ def test_feedback_before_its_prediction_waits_then_joins_or_times_out(
         ("no_prediction", orphan)
     ]
     assert unmatched[0].key == b"never"
+    samples = worker.metrics()
+    assert metric(samples, "streams_pending_resolved_total", outcome="joined") == 1
+    assert metric(samples, "streams_pending_resolved_total", outcome="unmatched") == 1
+    # The prediction stored after its feedback still expires on time: its index entry moved.
+    wait_for(lambda: metric(worker.metrics(), "streams_expired_total") == 1, 20, "the sweep")
 
 
 def test_scope_retries_replacements_and_duplicates(
