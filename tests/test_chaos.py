@@ -31,7 +31,9 @@ def produce_stream(
 
 
 @pytest.mark.parametrize(
-    "lose_local_state", [False, True], ids=["same-data-dir", "rebuilt-from-changelog"]
+    ("guarantee", "lose_local_state"),
+    [("at_least_once", False), ("at_least_once", True), ("exactly_once", False)],
+    ids=["same-data-dir", "rebuilt-from-changelog", "exactly-once"],
 )
 def test_sigkill_mid_stream_loses_no_joined_record(
     workers: Start,
@@ -39,10 +41,11 @@ def test_sigkill_mid_stream_loses_no_joined_record(
     bootstrap: str,
     topic_prefix: str,
     env: dict[str, str],
+    guarantee: str,
     lose_local_state: bool,
 ) -> None:
     """Invariant: each feedback for a live prediction is in joined, by id; repeats are identical."""
-    worker = workers("w1")
+    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee)
     keys = [f"c{i}" for i in range(600)]
     events: list[dict[str, object]] = []
     sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 6.0)))
@@ -55,3 +58,4 @@ def test_sigkill_mid_stream_loses_no_joined_record(
     worker.start()
     out = read_topic(bootstrap, topic_prefix + "joined", len(keys), timeout=120, settle=2.0)
     assert_joined_once_by_id(out, events)
+    print(f"{guarantee}: {len(out) - len({r.value['id'] for r in out})} repeated joined records")
