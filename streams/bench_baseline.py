@@ -1,0 +1,184 @@
+"""The benchmark's baseline: the same join as a plain confluent-kafka loop in one process.
+
+What it reuses from the project, so the worker's ratio to it measures the framework
+(faust, its tables, changelogs and agent), not the rules: `records.decode_input` (the
+same validation), `state.row_key` / `encode_row` / `decode_row` (the same keys and
+rows), the join rules `join.on_prediction` / `join.on_feedback` and `join.next_due`
+(the same due index), and `deadletter.deadletter_record`. What it leaves out: the
+changelog topics (its state survives only on the local disk), the expiry sweep
+(nothing expires during a benchmark), rerouting (one process owns every partition)
+and metrics.
+
+Commit order, as the worker's: every batch's outputs are handed to the producer; every
+second (or 1,000 records) the producer is flushed, then the consumed offsets are
+committed, so a committed offset means its outputs are in Kafka.
+
+Run with the worker's STREAMS_* variables: `python -m streams.bench_baseline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, Message, Producer
+from rocksdict import Options, Rdict
+
+from streams import join
+from streams.deadletter import deadletter_record
+from streams.errors import RecordError
+from streams.records import decode_input, dumps, parse_ts
+from streams.settings import Settings
+from streams.state import decode_row, due_key, encode_row, row_key
+from streams.topics import DEADLETTER, FEEDBACK, PREDICTIONS
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+COMMIT_EVERY_RECORDS = 1000
+COMMIT_EVERY_SECONDS = 1.0
+SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
+
+
+class BaselineJoin:
+    """One consumer, one producer, two rocksdict databases (rows and the due index)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kind_of = {settings.topic(kind): kind for kind in (PREDICTIONS, FEEDBACK)}
+        self.pending_ttl_ms = int(settings.pending_ttl.total_seconds() * 1000)
+        self.expired_memory_ms = int(settings.expired_memory.total_seconds() * 1000)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": settings.app_id,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self.producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "partitioner": "murmur2_random",  # one join_key, one partition of joined
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "compression.type": "lz4",
+            }
+        )
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        self.state = Rdict(str(settings.data_dir / "state"), options)
+        self.due = Rdict(str(settings.data_dir / "due"), options)
+        self.running = True
+
+    def run(self) -> None:
+        """Consume, join and produce until SIGTERM/SIGINT; then flush, commit and close."""
+        self.consumer.subscribe(list(self.kind_of))
+        uncommitted, last_commit = 0, time.monotonic()
+        try:
+            while self.running:
+                # consume() alone would wait out its timeout for a full batch.
+                first = self.consumer.poll(0.05)
+                messages = [] if first is None else [first, *self.consumer.consume(BATCH - 1, 0)]
+                for message in messages:
+                    if message.error() is None:
+                        self.process(message)
+                uncommitted += len(messages)
+                self.producer.poll(0)
+                if uncommitted and (
+                    uncommitted >= COMMIT_EVERY_RECORDS
+                    or time.monotonic() - last_commit >= COMMIT_EVERY_SECONDS
+                ):
+                    self.commit()
+                    uncommitted, last_commit = 0, time.monotonic()
+            self.commit()
+        finally:
+            self.consumer.close()
+            self.state.close()
+            self.due.close()
+
+    def commit(self) -> None:
+        """Flush the outputs, then commit what was consumed: never an offset before its output."""
+        self.producer.flush(30)
+        try:
+            self.consumer.commit(asynchronous=False)
+        except Exception as error:  # nothing consumed yet: librdkafka says "no offset"
+            log.debug("commit_skipped error=%s", error)
+
+    def process(self, message: Message[Any, Any]) -> None:
+        """Decode one input, apply its rule, store the row and index entry, produce the emits."""
+        topic = message.topic() or ""
+        kind = self.kind_of[topic]
+        now = time.time_ns() // 1_000_000
+        kafka_ts = message.timestamp()[1]
+        key, value = message.key(), message.value()
+        try:
+            record = decode_input(SCHEMA_OF[kind], key, value, self.settings.max_record_bytes)
+            event_ts = parse_ts(record["timestamp"]) if record.get("timestamp") else kafka_ts
+        except (RecordError, ValueError) as error:
+            failure = (
+                error
+                if isinstance(error, RecordError)
+                else RecordError("schema_violation", f"timestamp: {error}")
+            )
+            dead = deadletter_record(
+                failure,
+                topic=topic,
+                partition=message.partition() or 0,
+                offset=message.offset() or 0,
+                timestamp_ms=kafka_ts,
+                key=key,
+                value=value,
+                now_ms=now,
+            )
+            self.producer.produce(self.settings.topic(DEADLETTER), dumps(dead), key)
+            return
+        rkey = row_key(record["application"], record["join_key"])
+        row = decode_row(self.state.get(rkey))
+        src = f"{kind[0]}{message.partition()}:{message.offset()}"
+        if kind == PREDICTIONS:
+            retention = self.settings.retention_for(record["application"]).total_seconds()
+            result = join.on_prediction(row, record, event_ts, src, now, int(retention * 1000))
+        else:
+            result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
+        self.write(rkey, row, result.row)
+        for emit in result.emits:
+            self.producer.produce(self.settings.topic(emit.topic), dumps(emit.record), key)
+
+    def write(self, key: bytes, before: join.Row | None, after: join.Row | None) -> None:
+        """Store the row and move its due-index entry, as the worker does."""
+        old_due = join.next_due(before, self.expired_memory_ms) if before else None
+        new_due = join.next_due(after, self.expired_memory_ms) if after else None
+        if after is None:
+            if before is not None:
+                del self.state[key]
+        else:
+            self.state[key] = encode_row(after)
+        if old_due != new_due:
+            if old_due is not None:
+                del self.due[due_key(old_due, key)]
+            if new_due is not None:
+                self.due[due_key(new_due, key)] = b""
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: finish the current batch, then stop."""
+        self.running = False
+
+
+def main() -> int:
+    """Run the baseline with the settings from STREAMS_* variables."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    baseline = BaselineJoin(Settings.from_env())
+    signal.signal(signal.SIGTERM, baseline.stop)
+    signal.signal(signal.SIGINT, baseline.stop)
+    log.info("baseline_started app_id=%s", baseline.settings.app_id)
+    baseline.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
