@@ -120,6 +120,9 @@ class JoinApp:
             broker_commit_every=1000,
             broker_commit_interval=1.0,
             web_in_thread=False,
+            # faust reads unprefixed variables (WEB_PORT, BROKER_URL, ...) over these
+            # arguments; the worker is configured by STREAMS_* alone.
+            env={},
         )
         self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
         self.kind_of = {full: short for short, full in self.topic_names.items()}

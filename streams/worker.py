@@ -24,6 +24,11 @@ def prepare(settings: Settings) -> int:
 def run_worker(settings: Settings) -> int:
     """Run one worker until SIGTERM/SIGINT; return the exit status."""
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"streams worker: STREAMS_DATA_DIR={settings.data_dir}: {error}", file=sys.stderr)
+        return 2
+    try:
         partitions = prepare(settings)
     except StreamsError as error:
         print(f"streams worker: {error}", file=sys.stderr)

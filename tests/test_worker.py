@@ -269,7 +269,8 @@ def test_health_and_metrics_add_up(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
 ) -> None:
     """Invariant: every input record is counted once in records_in and once in an outcome."""
-    worker = workers(STREAMS_PENDING_TTL="3s")
+    # faust's own unprefixed variables must not reach the worker: STREAMS_* alone configure it.
+    worker = workers(STREAMS_PENDING_TTL="3s", WEB_PORT="1", BROKER_COMMIT_EVERY="1")
     assert worker.http("/health")[0] == 200
     crc32 = RawProducer(bootstrap, topic_prefix, partitioner="consistent_random")
     keys = [f"m{i}" for i in range(40)]
