@@ -60,11 +60,15 @@ STATE_OPTIONS = {
 # Changelogs are compacted: the latest row per key survives, deleted rows (expired
 # predictions, timed-out feedback) leave as tombstones, which compaction removes a day
 # later. Hour-long segments let compaction reach rows within the hour, instead of
-# waiting for a 7-day segment to close.
+# waiting for a 7-day segment to close; `max.compaction.lag.ms` makes it come within a
+# day even when little else changed, so an expired prediction's inputs and outputs
+# leave the changelog within about a day of its expiry (the input topics keep records
+# a day past the longest retention).
 CHANGELOG_CONFIG = {
     "cleanup.policy": "compact",
     "segment.ms": str(3_600_000),
     "delete.retention.ms": str(86_400_000),
+    "max.compaction.lag.ms": str(86_400_000),
     "min.cleanable.dirty.ratio": "0.2",
 }
 DUE_OPTIONS = {
