@@ -52,6 +52,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     inputs = {
         "cleanup.policy": "delete",
         "retention.ms": _ms(settings.longest_retention + timedelta(days=1)),
+        # Retention deletes whole segments: day-long ones leave a record at most a day
+        # past retention.ms, instead of up to the default week.
+        "segment.ms": _ms(timedelta(days=1)),
     }
     outputs = {"cleanup.policy": "delete"}
     specs = [TopicSpec(settings.topic(name), settings.partitions, inputs) for name in INPUTS]

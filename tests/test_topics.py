@@ -86,8 +86,9 @@ def test_create_topics_makes_every_topic_of_the_contract(
         assert configs["cleanup.policy"] == policy, topic
     for topic in INPUTS:
         configs = topic_configs(admin_client, topic_prefix + topic)
-        # Default retention 90 days, plus a day.
+        # Default retention 90 days, plus a day; day-long segments.
         assert int(configs["retention.ms"]) == 91 * DAY_MS, topic
+        assert int(configs["segment.ms"]) == DAY_MS, topic
 
 
 @pytest.mark.parametrize(
