@@ -38,7 +38,7 @@ from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
-from streams.state import decode_row, due_key, encode_row, row_key
+from streams.state import decode_row, row_key, write_row
 from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
@@ -233,25 +233,20 @@ class JoinApp:
             result = join.on_prediction(row, record, event_ts, src, now, retention)
         else:
             result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
-        self._write(key, row is not None, due_before, result.row)
+        after = result.row
+        new_due = join.next_due(after, self.expired_memory_ms) if after else None
+        write_row(
+            self.state,
+            self.due,
+            key,
+            existed=row is not None,
+            old_due=due_before,
+            row=after,
+            new_due=new_due,
+        )
         self._count(kind, result, waiting_before, now, kafka_ts)
         join_key = message.key
         return [Outgoing(emit.topic, join_key, dumps(emit.record)) for emit in result.emits]
-
-    def _write(
-        self, key: bytes, existed: bool, old_due: int | None, after: join.Row | None
-    ) -> None:
-        new_due = join.next_due(after, self.expired_memory_ms) if after else None
-        if after is None:
-            if existed:
-                del self.state[key]
-        else:
-            self.state[key] = encode_row(after)
-        if old_due != new_due:
-            if old_due is not None:
-                del self.due[due_key(old_due, key)]
-            if new_due is not None:
-                self.due[due_key(new_due, key)] = b""
 
     def _count(
         self, kind: str, result: join.Result, waiting_before: int, now: int, kafka_ts: int

@@ -33,7 +33,7 @@ from streams.deadletter import deadletter_record
 from streams.errors import RecordError
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
-from streams.state import decode_row, due_key, encode_row, row_key
+from streams.state import decode_row, row_key, write_row
 from streams.topics import DEADLETTER, FEEDBACK, PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -139,30 +139,26 @@ class BaselineJoin:
             return
         rkey = row_key(record["application"], record["join_key"])
         row = decode_row(self.state.get(rkey))
+        old_due = join.next_due(row, self.expired_memory_ms) if row else None
         src = f"{kind[0]}{message.partition()}:{message.offset()}"
         if kind == PREDICTIONS:
             retention = self.settings.retention_for(record["application"]).total_seconds()
             result = join.on_prediction(row, record, event_ts, src, now, int(retention * 1000))
         else:
             result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
-        self.write(rkey, row, result.row)
+        after = result.row
+        new_due = join.next_due(after, self.expired_memory_ms) if after else None
+        write_row(
+            self.state,
+            self.due,
+            rkey,
+            existed=row is not None,
+            old_due=old_due,
+            row=after,
+            new_due=new_due,
+        )
         for emit in result.emits:
             self.producer.produce(self.settings.topic(emit.topic), dumps(emit.record), key)
-
-    def write(self, key: bytes, before: join.Row | None, after: join.Row | None) -> None:
-        """Store the row and move its due-index entry, as the worker does."""
-        old_due = join.next_due(before, self.expired_memory_ms) if before else None
-        new_due = join.next_due(after, self.expired_memory_ms) if after else None
-        if after is None:
-            if before is not None:
-                del self.state[key]
-        else:
-            self.state[key] = encode_row(after)
-        if old_due != new_due:
-            if old_due is not None:
-                del self.due[due_key(old_due, key)]
-            if new_due is not None:
-                self.due[due_key(new_due, key)] = b""
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: finish the current batch, then stop."""

@@ -10,12 +10,21 @@ row is stale and is simply dropped by the sweep.
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 import orjson
 
 from streams.join import Row
 
 _DUE = struct.Struct(">Q")
+
+
+class Writable(Protocol):
+    """What `write_row` writes to: a faust table, or a rocksdict database."""
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
+
+    def __delitem__(self, key: bytes, /) -> None: ...
 
 
 def row_key(application: str, join_key: str) -> bytes:
@@ -50,3 +59,28 @@ def split_due_key(index_key: bytes) -> tuple[int, bytes]:
 def due_upper_bound(now_ms: int) -> bytes:
     """The first index key that is not yet due at `now_ms`."""
     return _DUE.pack(now_ms + 1)
+
+
+def write_row(
+    state: Writable,
+    due: Writable,
+    key: bytes,
+    *,
+    existed: bool,
+    old_due: int | None,
+    row: Row | None,
+    new_due: int | None,
+) -> None:
+    """Store `row` (None deletes it) and move its index entry from `old_due` to `new_due`.
+
+    `old_due` must be read before the join rules ran: they update rows in place.
+    """
+    if row is not None:
+        state[key] = encode_row(row)
+    elif existed:
+        del state[key]
+    if old_due != new_due:
+        if old_due is not None:
+            del due[due_key(old_due, key)]
+        if new_due is not None:
+            due[due_key(new_due, key)] = b""

@@ -113,7 +113,7 @@ def test_feedback_before_its_prediction_waits_then_joins_or_times_out(
 def test_scope_retries_replacements_and_duplicates(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
 ) -> None:
-    workers(STREAMS_PENDING_TTL="3s")
+    worker = workers(STREAMS_PENDING_TTL="3s")
     pred = prediction("loans", "shared")
     producer.send("predictions", pred)
     producer.send("feedback", other_app := feedback("chat", "shared", {"thumbs_up": True}))
@@ -133,6 +133,17 @@ def test_scope_retries_replacements_and_duplicates(
     replacement = prediction("loans", "shared", inputs={"text": "replaced"})
     producer.send("predictions", replacement)
     producer.flush()
+    # The two topics are read independently: wait until the replacement is stored.
+    wait_for(
+        lambda: (
+            metric(
+                worker.metrics(), "streams_outcomes_total", topic="predictions", outcome="stored"
+            )
+            == 2
+        ),
+        20,
+        "the replacement stored",
+    )
     second = feedback("loans", "shared", {"b": 2})
     producer.send("feedback", second)
     producer.flush()
