@@ -38,7 +38,7 @@ from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
-from streams.state import decode_row, row_key, write_row
+from streams.state import apply_input
 from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
@@ -220,29 +220,18 @@ class JoinApp:
         now: int,
         kafka_ts: int,
     ) -> list[Outgoing]:
-        key = row_key(record["application"], record["join_key"])
-        row = decode_row(self.state.get(key))
-        # The rules update the row in place: note what it was before them.
-        due_before = join.next_due(row, self.expired_memory_ms) if row else None
-        waiting_before = len(row["pend"]) if row else 0
-        src = f"{kind[0]}{message.partition}:{message.offset}"
-        if kind == PREDICTIONS:
-            retention = int(
-                self.settings.retention_for(record["application"]).total_seconds() * 1000
-            )
-            result = join.on_prediction(row, record, event_ts, src, now, retention)
-        else:
-            result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
-        after = result.row
-        new_due = join.next_due(after, self.expired_memory_ms) if after else None
-        write_row(
+        retention = self.settings.retention_for(record["application"]).total_seconds()
+        result, waiting_before = apply_input(
             self.state,
             self.due,
-            key,
-            existed=row is not None,
-            old_due=due_before,
-            row=after,
-            new_due=new_due,
+            record,
+            is_prediction=kind == PREDICTIONS,
+            event_ts=event_ts,
+            src=f"{kind[0]}{message.partition}:{message.offset}",
+            now=now,
+            retention_ms=int(retention * 1000),
+            pending_ttl_ms=self.pending_ttl_ms,
+            expired_memory_ms=self.expired_memory_ms,
         )
         self._count(kind, result, waiting_before, now, kafka_ts)
         join_key = message.key

@@ -2,9 +2,8 @@
 
 What it reuses from the project, so the worker's ratio to it measures the framework
 (faust, its tables, changelogs and agent), not the rules: `records.decode_input` (the
-same validation), `state.row_key` / `encode_row` / `decode_row` (the same keys and
-rows), the join rules `join.on_prediction` / `join.on_feedback` and `join.next_due`
-(the same due index), and `deadletter.deadletter_record`. What it leaves out: the
+same validation), `state.apply_input` (the same keys, rows, join rules and due index
+as the worker's agent), and `deadletter.deadletter_record`. What it leaves out: the
 changelog topics (its state survives only on the local disk), the expiry sweep
 (nothing expires during a benchmark), rerouting (one process owns every partition)
 and metrics.
@@ -28,12 +27,11 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer
 from rocksdict import Options, Rdict
 
-from streams import join
 from streams.deadletter import deadletter_record
 from streams.errors import RecordError
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
-from streams.state import decode_row, row_key, write_row
+from streams.state import apply_input
 from streams.topics import DEADLETTER, FEEDBACK, PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -137,25 +135,18 @@ class BaselineJoin:
             )
             self.producer.produce(self.settings.topic(DEADLETTER), dumps(dead), key)
             return
-        rkey = row_key(record["application"], record["join_key"])
-        row = decode_row(self.state.get(rkey))
-        old_due = join.next_due(row, self.expired_memory_ms) if row else None
-        src = f"{kind[0]}{message.partition()}:{message.offset()}"
-        if kind == PREDICTIONS:
-            retention = self.settings.retention_for(record["application"]).total_seconds()
-            result = join.on_prediction(row, record, event_ts, src, now, int(retention * 1000))
-        else:
-            result = join.on_feedback(row, record, event_ts, src, now, self.pending_ttl_ms)
-        after = result.row
-        new_due = join.next_due(after, self.expired_memory_ms) if after else None
-        write_row(
+        retention = self.settings.retention_for(record["application"]).total_seconds()
+        result, _ = apply_input(
             self.state,
             self.due,
-            rkey,
-            existed=row is not None,
-            old_due=old_due,
-            row=after,
-            new_due=new_due,
+            record,
+            is_prediction=kind == PREDICTIONS,
+            event_ts=event_ts,
+            src=f"{kind[0]}{message.partition()}:{message.offset()}",
+            now=now,
+            retention_ms=int(retention * 1000),
+            pending_ttl_ms=self.pending_ttl_ms,
+            expired_memory_ms=self.expired_memory_ms,
         )
         for emit in result.emits:
             self.producer.produce(self.settings.topic(emit.topic), dumps(emit.record), key)

@@ -14,17 +14,23 @@ from typing import Protocol
 
 import orjson
 
+from streams import join
 from streams.join import Row
+from streams.records import Record
 
 _DUE = struct.Struct(">Q")
 
 
 class Writable(Protocol):
-    """What `write_row` writes to: a faust table, or a rocksdict database."""
+    """What rows live in: a faust table (the worker) or a rocksdict database (the baseline)."""
 
     def __setitem__(self, key: bytes, value: bytes, /) -> None: ...
 
     def __delitem__(self, key: bytes, /) -> None: ...
+
+    def get(self, key: bytes, /) -> bytes | None:
+        """The stored value, or None."""
+        ...
 
 
 def row_key(application: str, join_key: str) -> bytes:
@@ -84,3 +90,42 @@ def write_row(
             del due[due_key(old_due, key)]
         if new_due is not None:
             due[due_key(new_due, key)] = b""
+
+
+def apply_input(
+    state: Writable,
+    due: Writable,
+    record: Record,
+    *,
+    is_prediction: bool,
+    event_ts: int,
+    src: str,
+    now: int,
+    retention_ms: int,
+    pending_ttl_ms: int,
+    expired_memory_ms: int,
+) -> tuple[join.Result, int]:
+    """Apply one valid input to its stored row: read, run the rule, write row and index.
+
+    Returns the rule's result and how much feedback was waiting before it ran.
+    """
+    key = row_key(record["application"], record["join_key"])
+    row = decode_row(state.get(key))
+    # The rules update the row in place: note what it was before them.
+    old_due = join.next_due(row, expired_memory_ms) if row else None
+    waiting = len(row["pend"]) if row else 0
+    if is_prediction:
+        result = join.on_prediction(row, record, event_ts, src, now, retention_ms)
+    else:
+        result = join.on_feedback(row, record, event_ts, src, now, pending_ttl_ms)
+    after = result.row
+    write_row(
+        state,
+        due,
+        key,
+        existed=row is not None,
+        old_due=old_due,
+        row=after,
+        new_due=join.next_due(after, expired_memory_ms) if after else None,
+    )
+    return result, waiting
