@@ -290,6 +290,13 @@ def test_health_and_metrics_add_up(
     producer.send("predictions", prediction("loans", "m0", event_id="retry"))
     producer.send("predictions", prediction("loans", "m0", event_id="retry"))  # a retry
     producer.flush()
+    # The worker reads both topics independently: let it take every prediction first so
+    # that exactly the 10 unknown keys and the 3 misplaced ones are pending.
+    wait_for(
+        lambda: metric(worker.metrics(), "streams_records_in_total", topic="predictions") == 32,
+        30,
+        "the 32 predictions to be read",
+    )
     sent_feedback = 0
     for key in keys:  # 30 joined, 10 wait then time out
         producer.send("feedback", fb := feedback("loans", key, {"thumbs_up": key.endswith("1")}))
