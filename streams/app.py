@@ -109,6 +109,28 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
+def faust_app(settings: Settings) -> faust.App:
+    """The worker's faust app as configured from `settings` (no agents, tables or pages yet)."""
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        web_port=settings.web_port,
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=True,
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        web_in_thread=False,
+        # faust reads unprefixed variables (WEB_PORT, BROKER_URL, ...) over these
+        # arguments; the worker is configured by STREAMS_* alone.
+        env={},
+    )
+
+
 class JoinApp:
     """The faust app, its topics, tables, agent, sweep and web pages."""
 
@@ -118,26 +140,7 @@ class JoinApp:
         self.metrics = Metrics()
         self.expired_memory_ms = int(settings.expired_memory.total_seconds() * 1000)
         self.pending_ttl_ms = int(settings.pending_ttl.total_seconds() * 1000)
-        self.app = faust.App(
-            settings.app_id,
-            broker=[
-                f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")
-            ],
-            store="rocksdb://",
-            datadir=str(settings.data_dir),
-            web_port=settings.web_port,
-            processing_guarantee=settings.processing_guarantee,
-            topic_partitions=settings.partitions,
-            consumer_auto_offset_reset="earliest",
-            topic_allow_declare=True,
-            producer_acks=-1,
-            broker_commit_every=1000,
-            broker_commit_interval=1.0,
-            web_in_thread=False,
-            # faust reads unprefixed variables (WEB_PORT, BROKER_URL, ...) over these
-            # arguments; the worker is configured by STREAMS_* alone.
-            env={},
-        )
+        self.app = faust_app(settings)
         self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
         self.kind_of = {full: short for short, full in self.topic_names.items()}
         self.inputs = self.app.topic(*self.topic_names.values(), **RAW)

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from streams.bench_modes import latency, throughput
+from streams.bench_modes import ceiling, latency, throughput
 from streams.bench_proc import Contender, bench_env, cleanup
 from streams.sdk_bench import log_throughput
 from streams.settings import Settings
@@ -106,6 +106,14 @@ def one_run(
 
     for name in order:
         measure(name, "throughput")
+    env = bench_env("ceiling", args.bootstrap, args.partitions, workdir, tag)
+    contender = Contender.make("ceiling", env)
+    try:
+        run["ceiling"] = ceiling(contender, args.n, args.seed + index)
+    finally:
+        cleanup(contender.settings)
+    run["ceiling"]["app_id"] = env["STREAMS_APP_ID"]
+    log.info("run=%d ceiling=%s", index + 1, run["ceiling"])
     if rate is None:
         rate = AIM_RATIO * run["worker"]["throughput"]["joined_per_s"]
     run["rate"] = rate
@@ -142,6 +150,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         )
         for f, _, _ in FIGURES
     }
+    ceiling_rate = _median([run["ceiling"]["joined_per_s"] for run in runs])
+    ceiling_ratio = _median(
+        [
+            _ratio(run["ceiling"]["joined_per_s"], run["baseline"]["figures"]["joined_per_s"])
+            for run in runs
+        ]
+    )
     complete = all(
         run[name][mode]["complete"]
         for run in runs
@@ -155,7 +170,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "sdk_log_per_s": _median([run["sdk_log_per_s"] for run in runs]),
         "latency_rate": rate,
         "latency_rate_share_of_worker_max": rate / medians["worker"]["joined_per_s"],
-        "counts_complete": complete,
+        "ceiling_joined_per_s": ceiling_rate,
+        "ceiling_to_baseline": ceiling_ratio,
+        "counts_complete": complete and all(run["ceiling"]["complete"] for run in runs),
         "aims": {
             "throughput_ratio_at_least_0_5": ratios["joined_per_s"] >= AIM_RATIO,
             "worker_p99_under_100_ms": medians["worker"]["p99_ms"] < AIM_P99_MS,
@@ -176,6 +193,20 @@ def table(summary: dict[str, Any], runs: int) -> str:
     ]
     ratio = summary["worker_to_baseline"]
     rows.append(["worker/baseline", *(_cell("{:.2f}x", ratio[f]) for f, _, _ in FIGURES)])
+    rows.append(
+        [
+            "ceiling",
+            _cell("{:,.0f}", summary["ceiling_joined_per_s"]),
+            *("" for _ in FIGURES[1:]),
+        ]
+    )
+    rows.append(
+        [
+            "ceiling/baseline",
+            _cell("{:.2f}x", summary["ceiling_to_baseline"]),
+            *("" for _ in FIGURES[1:]),
+        ]
+    )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(
@@ -190,6 +221,8 @@ def table(summary: dict[str, Any], runs: int) -> str:
         f"medians of {runs} run(s); latency at {summary['latency_rate']:,.0f} feedback/s "
         f"({summary['latency_rate_share_of_worker_max']:.0%} of the worker's max)",
         f"sdk log (1 KB records, batches of 500): {summary['sdk_log_per_s']:,.0f} records/s",
+        "ceiling: faust reading the same inputs with an agent that does nothing (same app "
+        "settings, same batches), in joined records at this workload's mix",
         f"joined counts complete: {summary['counts_complete']}",
         f"aim worker >= {AIM_RATIO} x baseline rate: "
         f"{'met' if aims['throughput_ratio_at_least_0_5'] else 'NOT met'}",

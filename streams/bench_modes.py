@@ -9,6 +9,10 @@ before it stops, disk after (RocksDB has flushed by then).
 Restart: with the contender stopped, log new feedback on stored predictions, start it
 again on the same data directory, and time until the first of those joins is read.
 
+Ceiling: preload the same workload and let `streams.bench_ceiling` (the worker's
+faust app with an agent that only counts) read it; its records per second, in joined
+records at this workload's mix, are the most any worker on faust can reach here.
+
 Latency: start the contender on fresh topics, wait for a warm-up join, then send at a
 fixed rate (open loop) and take, per joined record, read time minus the feedback's
 `timestamp` (set by the SDK when it queued the record; one host, one clock).
@@ -21,6 +25,8 @@ import math
 import time
 from typing import Any
 
+import orjson
+
 from streams.bench_proc import Contender, JoinedReader, cpu_seconds, disk_mib, peak_rss_mib
 from streams.bench_workload import OpenLoopProducer, preload, send_feedback_on
 from streams.records import parse_ts
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 180.0  # a contender's start, rebalance and recovery
 STALL_TIMEOUT = 60.0  # no new joined record for this long: give up, report what was read
 RESTART_PROBES = 50
+MARK = '{"records"'  # how the ceiling's result line starts
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -103,6 +110,33 @@ def throughput(contender: Contender, n: int, seed: int) -> dict[str, Any]:
         "peak_rss_mib": peak,
         "state_disk_mib": disk_mib(settings.data_dir),
         **restart(contender, plan.known_keys[:RESTART_PROBES]),
+    }
+
+
+def ceiling(contender: Contender, n: int, seed: int) -> dict[str, Any]:
+    """Preload `n` predictions and their feedback; time faust reading them with a no-op agent."""
+    settings = contender.settings
+    create_topics(settings)
+    plan = preload(settings, n, seed)
+    inputs = plan.predictions + plan.feedback
+    contender.start()
+    assert contender.process is not None
+    try:
+        status = contender.process.wait(START_TIMEOUT + STALL_TIMEOUT)
+    finally:
+        contender.stop()
+    lines = contender.log_path.read_text(errors="replace").splitlines()
+    # The line may follow faust's terminal control codes.
+    found = [orjson.loads(line[line.index(MARK) :]) for line in lines if MARK in line]
+    if status != 0 or not found:
+        raise RuntimeError(f"ceiling exited with {status}:\n" + "\n".join(lines[-30:]))
+    records_per_s = found[-1]["records"] / found[-1]["seconds"]
+    return {
+        "records": found[-1]["records"],
+        "complete": found[-1]["records"] == inputs,
+        "records_per_s": records_per_s,
+        # The joined records a worker would emit at that rate if joining cost nothing.
+        "joined_per_s": records_per_s * plan.expected_joined / inputs,
     }
 
 

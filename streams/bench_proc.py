@@ -65,6 +65,8 @@ def free_port() -> int:
 
 
 PYTHON_M = [sys.executable, "-m"]
+# Contenders other than `worker` (the `streams` command a user runs), by module.
+MODULES = {"baseline": "streams.bench_baseline", "ceiling": "streams.bench_ceiling"}
 
 
 def bench_env(
@@ -107,10 +109,10 @@ class Contender:
 
     @classmethod
     def make(cls, name: str, env: dict[str, str]) -> Contender:
-        """The contender `worker` (`streams worker`) or `baseline`, with the env of `bench_env`."""
+        """Contender `worker` (`streams worker`), `baseline` or `ceiling`; env from `bench_env`."""
         script = Path(sys.executable).parent / "streams"  # the console script a user runs
-        if name != "worker":
-            command = [*PYTHON_M, "streams.bench_baseline"]
+        if name in MODULES:
+            command = [*PYTHON_M, MODULES[name]]
         elif script.exists():
             command = [str(script), "worker"]
         else:

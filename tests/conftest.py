@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from harness import RawProducer, WorkerProcess
 
 from streams.kafka_ping import answers
@@ -48,9 +51,26 @@ def bootstrap() -> str:
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """A prefix no other test uses, so tests never see each other's records."""
-    return f"t-{uuid.uuid4().hex[:12]}."
+def topic_prefix() -> Iterator[str]:
+    """A prefix no other test uses, so tests never see each other's records.
+
+    Afterwards the test's topics (inputs, outputs and the changelogs named after its
+    app id) are deleted, so the broker does not slow down under thousands of them.
+    """
+    prefix = f"t-{uuid.uuid4().hex[:12]}."
+    yield prefix
+    servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
+    if any(answers(server) for server in servers.split(",")):
+        delete_topics(servers, (prefix, f"app-{prefix.strip('.')}"))
+
+
+def delete_topics(servers: str, prefixes: tuple[str, ...]) -> None:
+    """Delete every topic whose name starts with one of `prefixes` (best effort)."""
+    admin = AdminClient({"bootstrap.servers": servers})
+    names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(prefixes)]
+    for future in (admin.delete_topics(names, operation_timeout=30) if names else {}).values():
+        with contextlib.suppress(KafkaException):
+            future.result(timeout=30)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
     stdout, result = run_quick(bootstrap, tmp_path / "results")
 
     # The table: one row per contender, the ratio row, the SDK row and the aims.
-    for row in (*CONTENDERS, "worker/baseline", "sdk log", "aim worker"):
+    for row in (*CONTENDERS, "worker/baseline", "ceiling/baseline", "sdk log", "aim worker"):
         assert row in stdout
     assert not any(p.name.startswith("work-") for p in (tmp_path / "results").iterdir())
 
@@ -72,17 +72,22 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
     assert 900 < plan["prediction_bytes"] < 1200
     assert plan["feedback_bytes"] < 400
     assert run["sdk_log_per_s"] > 0
+    # The ceiling (faust with a no-op agent) read every input record.
+    assert run["ceiling"]["complete"]
+    assert run["ceiling"]["records"] == plan["predictions"] + plan["feedback"]
+    assert run["ceiling"]["joined_per_s"] > 0
 
     summary = result["summary"]
     assert summary["counts_complete"]
     assert math.isfinite(summary["worker_to_baseline"]["joined_per_s"])
+    assert math.isfinite(summary["ceiling_to_baseline"])
     assert summary["latency_rate"] > 0
     assert set(summary["aims"]) == {"throughput_ratio_at_least_0_5", "worker_p99_under_100_ms"}
 
     # Every topic the benchmark made is gone again.
     app_ids = [
         run[name][mode]["app_id"] for name in CONTENDERS for mode in ("throughput", "latency")
-    ]
+    ] + [run["ceiling"]["app_id"]]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + 30  # deletion is asynchronous: metadata catches up
     while left := [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(app_ids))]:
