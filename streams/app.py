@@ -1,21 +1,17 @@
 """The faust app: one agent reads `predictions` and `feedback`, two RocksDB tables keep state.
 
-The agent stays thin: it takes the input records in batches, and for each record
-decodes it (or dead-letters it), checks its partition (or reroutes it), calls the
-join rule, writes the row and its index entry, and sends what the rule emitted.
+The agent stays thin: decode (or dead-letter), check the partition (or reroute),
+call the join rule, write the row and its index entry, send what the rule emitted.
 
-Why this is safe (at least once, exactly once in effect downstream), per batch:
-1. Each row and index entry is written to its partition's RocksDB database and its
-   changelog record is handed to the outbox (`streams.tables`) before the records
-   the rule emitted are handed to the same outbox (`streams.outbox`).
-2. The batch waits until Kafka has every one of those records (`Outbox.drain`).
-   Only then does the agent take the next batch, which acknowledges this one to
-   faust: faust commits an input offset only once it is acknowledged, so a
-   committed offset means its changelog and output records are in Kafka.
-3. A crash before that makes the worker read the inputs again; the join rules
-   recognise a replay by its source offset and emit the same records again, with
-   the same ids (see `streams.join`). A record Kafka refuses for good stops the
-   worker before the batch is acknowledged, with the same effect.
+Why this is safe (at least once, exactly once in effect downstream):
+1. The row and its index entry are written to RocksDB and their changelog records
+   are handed to the producer before anything is emitted.
+2. Emitted records go to the same producer.
+3. faust commits input offsets only after flushing that producer, so a committed
+   offset means its changelog and output records are in Kafka.
+4. A crash before the commit makes the worker read the input again; the join rules
+   recognise the replay by its source offset and emit the same records again,
+   with the same ids (see `streams.join`).
 
 Misplaced records. The table lives on the partition of the event being processed,
 so a prediction and its feedback must sit on the same partition number: the one
@@ -40,11 +36,9 @@ from streams.deadletter import deadletter_record
 from streams.errors import RecordError
 from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
-from streams.outbox import DeliveryFailed, Outbox
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.state import apply_input
-from streams.tables import Tables
 from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
@@ -88,10 +82,6 @@ REROUTED_HEADER = "streams-rerouted-from"
 WATCHDOG_SECONDS = 2.0
 CRASH_EXIT_STATUS = 70
 SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
-# A batch is what the agent has read when it is ready for more, up to BATCH_MAX
-# records; when little comes in, it waits at most BATCH_SECONDS for company.
-BATCH_MAX = 1000
-BATCH_SECONDS = 0.002
 
 
 class Outgoing(NamedTuple):
@@ -144,8 +134,12 @@ class JoinApp:
         self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
         self.kind_of = {full: short for short, full in self.topic_names.items()}
         self.inputs = self.app.topic(*self.topic_names.values(), **RAW)
-        self.output_topics = {
-            name: settings.topic(name) for name in (JOINED, UNMATCHED, DEADLETTER)
+        self.input_topics = {
+            name: self.app.topic(full, **RAW) for name, full in self.topic_names.items()
+        }
+        self.outputs = {
+            name: self.app.topic(settings.topic(name), internal=False, **RAW)
+            for name in (JOINED, UNMATCHED, DEADLETTER)
         }
         tables = {
             "partitions": settings.partitions,
@@ -154,8 +148,6 @@ class JoinApp:
         }
         self.state = self.app.Table("state", options=STATE_OPTIONS, **tables)
         self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
-        self.outbox = Outbox(settings.bootstrap_servers)
-        self.tables = Tables(self.state, self.due, self.outbox)
         # Held by the agent while it reads and writes a row, and by the sweep per chunk.
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
@@ -167,28 +159,11 @@ class JoinApp:
     # -- the agent ---------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, BATCH_SECONDS):
+        async for event in stream.events():
             async with self.lock:
-                self.tables.forget()  # a rebalance may have reopened the databases
-                for event in events:
-                    for out in self.process(event.message):
-                        self.send(out)
-            await self.drain()
-
-    def send(self, out: Outgoing) -> None:
-        """Hand one record to the outbox."""
-        topic = self.topic_names.get(out.topic) or self.output_topics[out.topic]
-        self.outbox.send(topic, out.key, out.value, out.partition, out.headers)
-
-    async def drain(self) -> None:
-        """Wait until Kafka has everything sent so far; stop the worker if it refused a record."""
-        try:
-            offsets = await self.outbox.drain()
-        except DeliveryFailed as error:
-            log.critical("delivery_failed exiting=%d error=%s", CRASH_EXIT_STATUS, error)
-            logging.shutdown()
-            os._exit(CRASH_EXIT_STATUS)
-        self.tables.persist(offsets)
+                outgoing = self.process(event.message)
+            for out in outgoing:
+                await self._send(out)
 
     def process(self, message: Any) -> list[Outgoing]:
         """Handle one input message; return (output topic, key, value) to send, in order."""
@@ -249,10 +224,9 @@ class JoinApp:
         kafka_ts: int,
     ) -> list[Outgoing]:
         retention = self.settings.retention_for(record["application"]).total_seconds()
-        state, due = self.tables.partition(message.partition)
         result, waiting_before = apply_input(
-            state,
-            due,
+            self.state,
+            self.due,
             record,
             is_prediction=kind == PREDICTIONS,
             event_ts=event_ts,
@@ -312,6 +286,10 @@ class JoinApp:
             now_ms=now,
         )
         return Outgoing(DEADLETTER, message.key, dumps(record))
+
+    async def _send(self, out: Outgoing) -> None:
+        topic = self.input_topics.get(out.topic) or self.outputs[out.topic]
+        await topic.send(key=out.key, value=out.value, partition=out.partition, headers=out.headers)
 
     def crashed(self) -> list[str]:
         """What crashed among the app, its consumer and its fetcher, with the reasons."""

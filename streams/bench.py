@@ -222,7 +222,7 @@ def table(summary: dict[str, Any], runs: int) -> str:
         f"({summary['latency_rate_share_of_worker_max']:.0%} of the worker's max)",
         f"sdk log (1 KB records, batches of 500): {summary['sdk_log_per_s']:,.0f} records/s",
         "ceiling: faust reading the same inputs with an agent that does nothing (same app "
-        "settings, same batches), in joined records at this workload's mix",
+        "settings, one event at a time), in joined records at this workload's mix",
         f"joined counts complete: {summary['counts_complete']}",
         f"aim worker >= {AIM_RATIO} x baseline rate: "
         f"{'met' if aims['throughput_ratio_at_least_0_5'] else 'NOT met'}",

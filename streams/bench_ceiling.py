@@ -1,7 +1,7 @@
 """The benchmark's ceiling: the worker's faust app with an agent that does nothing.
 
 `python -m streams.bench_ceiling` (with the worker's STREAMS_* variables) consumes
-both input topics exactly as the worker does (same faust settings, same batches)
+both input topics exactly as the worker does (same faust settings, one event at a time)
 but only counts the records. Once it has read every record the topics held when it
 started, it prints `{"records": ..., "seconds": ...}` (from the first record read to
 the last) and exits. No join, no table, no output: what it reaches is what faust's
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.app import BATCH_MAX, BATCH_SECONDS, RAW, faust_app
+from streams.app import RAW, faust_app
 from streams.settings import Settings
 from streams.topics import FEEDBACK, PREDICTIONS
 
@@ -52,10 +52,10 @@ def main() -> int:
     seen = {"records": 0, "first": 0.0}
 
     async def count(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, BATCH_SECONDS):
+        async for _ in stream.events():
             if not seen["records"]:
                 seen["first"] = time.monotonic()
-            seen["records"] += len(events)
+            seen["records"] += 1
             if seen["records"] >= expected:
                 seconds = time.monotonic() - seen["first"]
                 print(orjson.dumps({"records": seen["records"], "seconds": seconds}).decode())
