@@ -1,17 +1,23 @@
 """The faust app: one agent reads `predictions` and `feedback`, two RocksDB tables keep state.
 
-The agent stays thin: decode (or dead-letter), check the partition (or reroute),
-call the join rule, write the row and its index entry, send what the rule emitted.
+The agent stays thin: for each input record it decodes it (or dead-letters it),
+checks its partition (or reroutes it), calls the join rule, writes the row and its
+index entry, and sends what the rule emitted.
 
 Why this is safe (at least once, exactly once in effect downstream):
-1. The row and its index entry are written to RocksDB and their changelog records
-   are handed to the producer before anything is emitted.
-2. Emitted records go to the same producer.
-3. faust commits input offsets only after flushing that producer, so a committed
-   offset means its changelog and output records are in Kafka.
-4. A crash before the commit makes the worker read the input again; the join rules
-   recognise the replay by its source offset and emit the same records again,
-   with the same ids (see `streams.join`).
+1. Each row and index entry is written to its partition's RocksDB database and its
+   changelog record is handed to the outbox (`streams.tables`) before the records
+   the rule emitted are handed to the same outbox (`streams.outbox`). All of this
+   happens before the agent asks faust for the next event, which is when faust
+   counts this one as acknowledged.
+2. Before faust commits any offset it calls the sensor `FlushBeforeCommit`, which
+   waits until Kafka has every record in the outbox (`Outbox.flush`); faust computes
+   the offsets to commit right after, from the events acknowledged by then. So a
+   committed offset means its changelog and output records are in Kafka.
+3. A crash before that makes the worker read the inputs again; the join rules
+   recognise a replay by its source offset and emit the same records again, with
+   the same ids (see `streams.join`). A record Kafka refuses for good stops the
+   worker before the commit, with the same effect.
 
 Misplaced records. The table lives on the partition of the event being processed,
 so a prediction and its feedback must sit on the same partition number: the one
@@ -25,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -36,9 +42,11 @@ from streams.deadletter import deadletter_record
 from streams.errors import RecordError
 from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
+from streams.outbox import DeliveryFailed, Outbox
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.state import apply_input
+from streams.tables import Tables
 from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
@@ -121,6 +129,19 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
+class FlushBeforeCommit(faust.Sensor):
+    """A faust sensor: before any offset commit, everything in the outbox must be in Kafka."""
+
+    def __init__(self, join_app: JoinApp) -> None:
+        super().__init__()
+        self.join_app = join_app
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        """Called by faust right before it picks the offsets to commit."""
+        self.join_app.flush_before_commit()
+        return None
+
+
 class JoinApp:
     """The faust app, its topics, tables, agent, sweep and web pages."""
 
@@ -134,12 +155,8 @@ class JoinApp:
         self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
         self.kind_of = {full: short for short, full in self.topic_names.items()}
         self.inputs = self.app.topic(*self.topic_names.values(), **RAW)
-        self.input_topics = {
-            name: self.app.topic(full, **RAW) for name, full in self.topic_names.items()
-        }
-        self.outputs = {
-            name: self.app.topic(settings.topic(name), internal=False, **RAW)
-            for name in (JOINED, UNMATCHED, DEADLETTER)
+        self.output_topics = {
+            name: settings.topic(name) for name in (JOINED, UNMATCHED, DEADLETTER)
         }
         tables = {
             "partitions": settings.partitions,
@@ -148,6 +165,9 @@ class JoinApp:
         }
         self.state = self.app.Table("state", options=STATE_OPTIONS, **tables)
         self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
+        self.outbox = Outbox(settings.bootstrap_servers)
+        self.tables = Tables(self.state, self.due, self.outbox)
+        self.app.sensors.add(FlushBeforeCommit(self))
         # Held by the agent while it reads and writes a row, and by the sweep per chunk.
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
@@ -161,9 +181,35 @@ class JoinApp:
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             async with self.lock:
-                outgoing = self.process(event.message)
-            for out in outgoing:
-                await self._send(out)
+                for out in self.process(event.message):
+                    self.send(out)
+
+    def send(self, out: Outgoing) -> None:
+        """Hand one record to the outbox."""
+        topic = self.topic_names.get(out.topic) or self.output_topics[out.topic]
+        self.outbox.send(topic, out.key, out.value, out.partition, out.headers)
+
+    async def drain(self) -> None:
+        """Wait until Kafka has everything sent so far (without blocking the event loop)."""
+        try:
+            offsets = await self.outbox.drain()
+        except DeliveryFailed as error:
+            self._stop_on(error)
+        self.tables.persist(offsets)
+
+    def flush_before_commit(self) -> None:
+        """Block until Kafka has everything sent so far: faust is about to commit offsets."""
+        try:
+            offsets = self.outbox.flush()
+        except DeliveryFailed as error:
+            self._stop_on(error)
+        self.tables.persist(offsets)
+
+    def _stop_on(self, error: DeliveryFailed) -> NoReturn:
+        # Without acknowledging or committing anything more: the inputs are read again.
+        log.critical("delivery_failed exiting=%d error=%s", CRASH_EXIT_STATUS, error)
+        logging.shutdown()
+        os._exit(CRASH_EXIT_STATUS)
 
     def process(self, message: Any) -> list[Outgoing]:
         """Handle one input message; return (output topic, key, value) to send, in order."""
@@ -224,9 +270,10 @@ class JoinApp:
         kafka_ts: int,
     ) -> list[Outgoing]:
         retention = self.settings.retention_for(record["application"]).total_seconds()
+        state, due = self.tables.partition(message.partition)
         result, waiting_before = apply_input(
-            self.state,
-            self.due,
+            state,
+            due,
             record,
             is_prediction=kind == PREDICTIONS,
             event_ts=event_ts,
@@ -286,10 +333,6 @@ class JoinApp:
             now_ms=now,
         )
         return Outgoing(DEADLETTER, message.key, dumps(record))
-
-    async def _send(self, out: Outgoing) -> None:
-        topic = self.input_topics.get(out.topic) or self.outputs[out.topic]
-        await topic.send(key=out.key, value=out.value, partition=out.partition, headers=out.headers)
 
     def crashed(self) -> list[str]:
         """What crashed among the app, its consumer and its fetcher, with the reasons."""

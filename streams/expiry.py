@@ -7,25 +7,17 @@ follows what expires, not what is stored. It works in chunks; for each
 chunk, under the lock the agent also takes, so no row changes under it:
 
 1. apply `join.expire_due` to each due row (stale index entries are dropped);
-2. wait until faust's producer buffer has handed the agent's changelog records to
-   Kafka's producer, so that per key the changelog keeps the order of the writes;
-3. send the `unmatched` records that produced, and wait until Kafka has them;
-4. write the rows (deleted, or reduced to an `expired` marker) and index entries to
+2. send the `unmatched` records that produced, and wait until Kafka has them;
+3. write the rows (deleted, or reduced to an `expired` marker) and index entries to
    RocksDB (`write_chunk`) and send their changelog records (tombstones for deletes)
-   to the changelog partition, straight to Kafka's producer.
+   to the changelog partition, through the outbox the agent also uses
+   (`streams.outbox`: one producer, so per key the changelog keeps the order of the
+   writes).
 
-A crash after 3 and before 4 leaves the rows as they were: the next sweep sends the
-same `unmatched` records again (at least once). A crash after 4 before the producer
+A crash after 2 and before 3 leaves the rows as they were: the next sweep sends the
+same `unmatched` records again (at least once). A crash after 3 before the producer
 has delivered leaves a rebuilt worker with rows this one deleted; their index entries
 come back with them, so the next sweep deletes them again.
-
-Why not `Table.send_changelog`: it queues each record in faust's producer buffer,
-which sends one record per turn of the event loop, and faust holds the agent back
-while that buffer holds more than 100 records. A sweep of thousands of rows through
-it stalled joins for as long as it ran; sent straight to the producer, the records
-of a chunk leave in a few requests. They skip faust's bookkeeping of the changelog
-offset already in RocksDB, so a restart on the same data directory re-reads them
-from the changelog and applies the same values again.
 
 Joins go on during a long sweep: the lock is released between chunks, a chunk stops
 after `CHUNK` entries or `CHUNK_SECONDS`, and after each chunk the sweep waits until
@@ -48,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import rocksdict
 from prometheus_client import Counter
@@ -294,27 +286,6 @@ class Sweeper:
             tp.partition for tp in app.assignor.assigned_actives() if tp.topic == predictions
         )
 
-    def store(
-        self, partition: int, outbox: list[tuple[str, bytes, bytes | None]]
-    ) -> PartitionStore:
-        """The partition's databases; their changelog records are collected in `outbox`."""
-        state, due = self.join_app.state, self.join_app.due
-
-        def changelog(table: Any) -> Changelog:
-            topic: str = table.changelog_topic.get_topic_name()
-
-            def collect(key: bytes, value: bytes | None) -> None:
-                outbox.append((topic, key, value))
-
-            return collect
-
-        return PartitionStore(
-            state=_db(state, partition),
-            due=_db(due, partition),
-            state_changelog=changelog(state),
-            due_changelog=changelog(due),
-        )
-
     async def sweep(self) -> int:
         """Sweep every active partition once; return the number of rows changed."""
         started = time.perf_counter()
@@ -344,9 +315,7 @@ class Sweeper:
         `start`: the index key to start from (None: the first).
         """
         ja = self.join_app
-        producer = ja.app.producer
-        outbox: list[tuple[str, bytes, bytes | None]] = []
-        store = self.store(partition, outbox)
+        store = ja.tables.store(partition)
         changed = 0
         while True:
             async with ja.lock:
@@ -357,32 +326,19 @@ class Sweeper:
                 if not chunk.changes:
                     self.floors[partition] = chunk.bound
                     return changed
-                while producer.buffer.size:  # the agent's changelog records go first
-                    await producer.buffer.flush()
-                await asyncio.sleep(0)  # let the consumer and producer tasks run meanwhile
                 for join_key, emit in chunk.emits:
                     ja.metrics.unmatched.labels(emit.record["reason"]).inc()
-                    await ja.outputs[emit.topic].send(key=join_key, value=dumps(emit.record))
-                if chunk.emits:
-                    await producer.flush()
+                    ja.outbox.send(ja.output_topics[emit.topic], join_key, dumps(emit.record))
+                if chunk.emits:  # in Kafka before the rows they report on change
+                    await ja.drain()
                 write_chunk(store, chunk)
-                deliveries = []
-                for topic, key, value in outbox:
-                    sent = cast(
-                        "asyncio.Future[Any]",
-                        await producer.send(topic, key, value, partition, None, None),
-                    )
-                    sent.add_done_callback(_log_failed_delivery)
-                    deliveries.append(sent)
-                outbox.clear()
                 self._count(chunk)
                 changed += chunk.rows
                 start = chunk.next_start
                 took = time.perf_counter() - began
             # Let Kafka take this chunk before the next: a backlog in the producer
             # would hold back the joined records queued behind it.
-            if deliveries:
-                await asyncio.wait(deliveries)
+            await ja.drain()
             await asyncio.sleep(took * PAUSE_RATIO)
 
     def _count(self, chunk: Chunk) -> None:
@@ -395,16 +351,6 @@ class Sweeper:
         self.stale.inc(len(chunk.changes) - chunk.rows)
 
     def _estimate_rows(self, partition: int) -> int:
-        value = _db(self.join_app.state, partition).property_int_value("rocksdb.estimate-num-keys")
+        state = self.join_app.tables.partition(partition)[0].db
+        value = state.property_int_value("rocksdb.estimate-num-keys")
         return int(value or 0)
-
-
-def _log_failed_delivery(sent: asyncio.Future[Any]) -> None:
-    # A lost changelog record is repaired by the next sweep after a rebuild (see above).
-    if not sent.cancelled() and sent.exception() is not None:
-        log.error("changelog_send_failed error=%r", sent.exception())
-
-
-def _db(table: Any, partition: int) -> Any:
-    # The rocksdict database faust keeps for one partition of a table.
-    return table.data._db_for_partition(partition)

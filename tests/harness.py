@@ -270,5 +270,5 @@ def assert_joined_once_by_id(out: Iterable[Read], events: Iterable[dict[str, Any
         )
         assert seen.setdefault(value["id"], content) == content, f"repeat of {value['id']} differs"
     missing = expected - set(seen)
-    assert not missing, f"{len(missing)} feedback record(s) never joined"
+    assert not missing, f"{len(missing)} feedback record(s) never joined: {sorted(missing)[:5]}"
     assert set(seen) == expected, "joined records nobody asked for"
