@@ -97,10 +97,6 @@ class Outbox:
             self.failures.append(f"fatal producer error: {error}")
         log.warning("producer_error error=%s", error)
 
-    def pending(self) -> int:
-        """Records queued that Kafka has not confirmed yet."""
-        return len(self.producer)
-
     async def drain(self) -> Offsets:
         """Wait until Kafka has every record sent so far; return and forget the changelog offsets.
 
@@ -125,9 +121,3 @@ class Outbox:
             raise DeliveryFailed("; ".join(self.failures[:10]))
         offsets, self.persisted = self.persisted, {}
         return offsets
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to `timeout` seconds)."""
-        left = self.producer.flush(timeout)
-        if left:
-            log.error("producer_closed_undelivered records=%d", left)

@@ -63,7 +63,9 @@ class Tables:
         self.state = state
         self.due = due
         self.outbox = outbox
-        self.topics = {table.changelog_topic.get_topic_name(): table for table in (state, due)}
+        self.state_topic: str = state.changelog_topic.get_topic_name()
+        self.due_topic: str = due.changelog_topic.get_topic_name()
+        self.topics = {self.state_topic: state, self.due_topic: due}
         outbox.changelogs.update(self.topics)
 
     def partition(self, partition: int) -> tuple[LoggedDb, LoggedDb]:
@@ -71,7 +73,10 @@ class Tables:
 
         Asked each time, not kept: faust closes and reopens databases on rebalances.
         """
-        return self._logged(self.state, partition), self._logged(self.due, partition)
+        return (
+            LoggedDb(partition_db(self.state, partition), self.outbox, self.state_topic, partition),
+            LoggedDb(partition_db(self.due, partition), self.outbox, self.due_topic, partition),
+        )
 
     def store(self, partition: int) -> PartitionStore:
         """One partition as the expiry sweep works on it."""
@@ -84,7 +89,3 @@ class Tables:
         """Record in each database the offset of its last changelog record that Kafka has."""
         for (topic, partition), offset in offsets.items():
             self.topics[topic].data.set_persisted_offset(TP(topic, partition), offset)
-
-    def _logged(self, table: Any, partition: int) -> LoggedDb:
-        topic: str = table.changelog_topic.get_topic_name()
-        return LoggedDb(partition_db(table, partition), self.outbox, topic, partition)
