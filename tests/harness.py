@@ -23,6 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.join import joined_id
 from streams.records import format_ts
 
+# A worker that died without leaving its consumer group keeps its partitions until the
+# group's session timeout ends (faust's default, 60 s); only then does a restarted or
+# surviving worker get them. Reads that follow a crash wait this long.
+AFTER_CRASH_TIMEOUT = 150.0
+
 
 def now_ts() -> str:
     return format_ts(int(datetime.now(UTC).timestamp() * 1000))

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import RawProducer, assert_joined_once_by_id, feedback, prediction, read_topic
+from harness import (
+    AFTER_CRASH_TIMEOUT,
+    RawProducer,
+    assert_joined_once_by_id,
+    feedback,
+    prediction,
+    read_topic,
+)
 from test_worker import Start
 
 pytestmark = pytest.mark.chaos
@@ -56,6 +63,8 @@ def test_sigkill_mid_stream_loses_no_joined_record(
         shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
     sender.join()
     worker.start()
-    out = read_topic(bootstrap, topic_prefix + "joined", len(keys), timeout=120, settle=2.0)
+    out = read_topic(
+        bootstrap, topic_prefix + "joined", len(keys), timeout=AFTER_CRASH_TIMEOUT, settle=2.0
+    )
     assert_joined_once_by_id(out, events)
     print(f"{guarantee}: {len(out) - len({r.value['id'] for r in out})} repeated joined records")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-from harness import RawProducer, feedback, prediction, read_topic, wait_for
+from harness import AFTER_CRASH_TIMEOUT, RawProducer, feedback, prediction, read_topic, wait_for
 from rocksdict import AccessType, Options, Rdict
 from test_worker import Start
 
@@ -50,7 +50,7 @@ def test_a_record_kafka_refuses_stops_the_worker_before_its_input_is_acknowledge
     assert "delivery_failed" in worker.log_path.read_text()
     _set_topic_config(bootstrap, joined, "max.message.bytes", None)
     worker.start()
-    out = read_topic(bootstrap, joined, 1, timeout=60, settle=1.0)
+    out = read_topic(bootstrap, joined, 1, timeout=AFTER_CRASH_TIMEOUT, settle=1.0)
     assert {r.value["id"] for r in out} == {joined_id("loans", "big", fb["event_id"])}
     assert out[0].value["inputs"] == {"text": padding}
 
