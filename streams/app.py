@@ -31,23 +31,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple, NoReturn
 
 import faust
 from aiokafka.partitioner import murmur2
 
-from streams import join
+from streams import feedback_stats, join
 from streams.clock import Clock, SystemClock
 from streams.deadletter import deadletter_record
-from streams.errors import RecordError
+from streams.errors import RecordError, StreamsError
 from streams.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
 from streams.metrics import Metrics
 from streams.outbox import DeliveryFailed, Outbox
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.state import apply_input
+from streams.stats_query import StatsQuery, format_series, read_feedback_stats
 from streams.tables import Tables
-from streams.topics import DEADLETTER, FEEDBACK, JOINED, PREDICTIONS, UNMATCHED
+from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ REROUTED_HEADER = "streams-rerouted-from"
 # supervisor restarts the worker (the restart is as safe as a kill, see above).
 WATCHDOG_SECONDS = 2.0
 CRASH_EXIT_STATUS = 70
+# `GET /stats` reads `feedback-stats` to its end on each request, in a thread.
+STATS_PAGE_TIMEOUT = 10.0
 SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
 
 
@@ -167,7 +172,11 @@ class JoinApp:
         self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
         self.outbox = Outbox(settings.bootstrap_servers)
         self.tables = Tables(self.state, self.due, self.outbox)
+        self.stats_topic = settings.topic(FEEDBACK_STATS)
+        # (partition, `stats` key) -> its share as last written, until published.
+        self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
         self.app.sensors.add(FlushBeforeCommit(self))
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         # Held by the agent while it reads and writes a row, and by the sweep per chunk.
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
@@ -189,6 +198,31 @@ class JoinApp:
         topic = self.topic_names.get(out.topic) or self.output_topics[out.topic]
         self.outbox.send(topic, out.key, out.value, out.partition, out.headers)
 
+    def publish_stats(self) -> None:
+        """Hand the aggregate shares changed since the last call to the outbox (`feedback-stats`).
+
+        Called before every commit, so a committed input's aggregates are published;
+        a replayed input marks its aggregates again (`state.apply_input`).
+        """
+        if not self.stats_unpublished:
+            return
+        unpublished, self.stats_unpublished = self.stats_unpublished, {}
+        now = self.clock.now_ms()
+        for (partition, key), raw in unpublished.items():
+            self.outbox.send(
+                self.stats_topic,
+                feedback_stats.published_key(key, partition),
+                feedback_stats.stats_value(key, raw, partition, now),
+            )
+
+    async def _on_partitions_revoked(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
+        # The partitions may go to another worker: what this one wrote for them must be
+        # in Kafka before it rebuilds them from the changelogs and publishes their shares.
+        self.publish_stats()
+        await self.drain()
+
     async def drain(self) -> None:
         """Wait until Kafka has everything sent so far (without blocking the event loop)."""
         try:
@@ -199,6 +233,7 @@ class JoinApp:
 
     def flush_before_commit(self) -> None:
         """Block until Kafka has everything sent so far: faust is about to commit offsets."""
+        self.publish_stats()
         try:
             offsets = self.outbox.flush()
         except DeliveryFailed as error:
@@ -271,7 +306,7 @@ class JoinApp:
     ) -> list[Outgoing]:
         retention = self.settings.retention_for(record["application"]).total_seconds()
         state, due = self.tables.partition(message.partition)
-        result, waiting_before = apply_input(
+        result, waiting_before, moved = apply_input(
             state,
             due,
             record,
@@ -284,6 +319,8 @@ class JoinApp:
             expired_memory_ms=self.expired_memory_ms,
         )
         self._count(kind, result, waiting_before, now, kafka_ts)
+        for key, share in moved.items():
+            self.stats_unpublished[(message.partition, key)] = share
         join_key = message.key
         return [Outgoing(emit.topic, join_key, dumps(emit.record)) for emit in result.emits]
 
@@ -367,6 +404,26 @@ class JoinApp:
                 return web.json({"status": "crashed", "reasons": crashed}, status=503)
             ready = self.recovered() and not app.should_stop
             return web.json({"status": "ok" if ready else "starting"}, status=200 if ready else 503)
+
+        @app.page("/stats")
+        async def stats_page(web: Any, request: Any) -> Any:
+            try:
+                query = StatsQuery.from_params(request.query)
+            except ValueError as error:
+                return web.json({"error": str(error)}, status=400)
+            loop = asyncio.get_running_loop()
+            try:
+                latest = await loop.run_in_executor(
+                    None, partial(read_feedback_stats, self.settings, STATS_PAGE_TIMEOUT)
+                )
+                series = query.series(latest.records, datetime.now(UTC))
+            except StreamsError as error:
+                return web.json({"error": str(error)}, status=503)
+            except ValueError as error:
+                return web.json({"error": str(error)}, status=400)
+            if query.format == "json":
+                return web.json(series.as_dict())
+            return web.text(format_series(series, query.format))
 
         @app.page("/metrics")
         async def metrics_page(web: Any, request: Any) -> Any:

@@ -27,12 +27,13 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer
 from rocksdict import Options, Rdict
 
+from streams import feedback_stats
 from streams.deadletter import deadletter_record
 from streams.errors import RecordError
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.state import apply_input
-from streams.topics import DEADLETTER, FEEDBACK, PREDICTIONS
+from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, PREDICTIONS
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ SCHEMA_OF = {PREDICTIONS: "prediction", FEEDBACK: "feedback"}
 
 
 class BaselineJoin:
-    """One consumer, one producer, two rocksdict databases (rows and the due index)."""
+    """One consumer, one producer, two rocksdict databases (rows and aggregates, the due index)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -71,6 +72,7 @@ class BaselineJoin:
         options = Options(raw_mode=True)
         self.state = Rdict(str(settings.data_dir / "state"), options)
         self.due = Rdict(str(settings.data_dir / "due"), options)
+        self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
         self.running = True
 
     def run(self) -> None:
@@ -101,6 +103,14 @@ class BaselineJoin:
 
     def commit(self) -> None:
         """Flush the outputs, then commit what was consumed: never an offset before its output."""
+        now = time.time_ns() // 1_000_000
+        for (partition, key), raw in self.stats_unpublished.items():
+            self.producer.produce(
+                self.settings.topic(FEEDBACK_STATS),
+                feedback_stats.stats_value(key, raw, partition, now),
+                feedback_stats.published_key(key, partition),
+            )
+        self.stats_unpublished.clear()
         self.producer.flush(30)
         try:
             self.consumer.commit(asynchronous=False)
@@ -136,7 +146,7 @@ class BaselineJoin:
             self.producer.produce(self.settings.topic(DEADLETTER), dumps(dead), key)
             return
         retention = self.settings.retention_for(record["application"]).total_seconds()
-        result, _ = apply_input(
+        result, _, moved = apply_input(
             self.state,
             self.due,
             record,
@@ -150,6 +160,8 @@ class BaselineJoin:
         )
         for emit in result.emits:
             self.producer.produce(self.settings.topic(emit.topic), dumps(emit.record), key)
+        for stats_key, share in moved.items():
+            self.stats_unpublished[(message.partition() or 0, stats_key)] = share
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: finish the current batch, then stop."""

@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 
 from streams.errors import ConfigError, StreamsError
-from streams.settings import Settings
-from streams.topics import DEADLETTER, JOINED, UNMATCHED
+from streams.settings import Settings, parse_duration
+from streams.topics import DEADLETTER, FEEDBACK_STATS, JOINED, UNMATCHED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +30,33 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--timeout", type=float, default=None, help="stop after this many idle seconds"
     )
+    stats = commands.add_parser("stats", help="print feedback aggregates over time, or chart them")
+    stats.add_argument("--application", required=True)
+    stats.add_argument("--field", required=True, help="a feedback field, e.g. thumbs_up")
+    stats.add_argument(
+        "--every", type=_duration, default=timedelta(hours=1), help="bucket size (default 1h)"
+    )
+    stats.add_argument(
+        "--since", type=_duration, default=None, help="only the last 7d, 12h, ... (default: all)"
+    )
+    stats.add_argument("--by-version", action="store_true", help="one row per bucket and version")
+    stats.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    stats.add_argument("--plot", type=Path, metavar="OUT.png", help="also write a PNG chart")
+    stats.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the broker (default 30)"
+    )
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    # argparse names the option in front of this message and exits 2.
+    try:
+        value = parse_duration(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"{error.variable}: ")) from None
+    if value % timedelta(milliseconds=1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tail":
             return _tail(settings, args.topic, args.from_beginning, args.max, args.timeout)
+        if args.command == "stats":
+            return _stats(settings, args)
     except StreamsError as error:
         print(f"streams: {error}", file=sys.stderr)
         return 1
@@ -79,6 +109,35 @@ def _tail(
         out.flush()
         if limit is not None and count >= limit:
             break
+    return 0
+
+
+def _stats(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.stats_chart import plot_png
+    from streams.stats_query import format_series, read_feedback_stats, stats_series
+
+    latest = read_feedback_stats(settings, timeout=args.timeout)
+    if latest.skipped:
+        topic = settings.topic(FEEDBACK_STATS)
+        print(f"streams: skipped {latest.skipped} unreadable record(s) in {topic}", file=sys.stderr)
+    series = stats_series(
+        latest.records,
+        args.application,
+        args.field,
+        every=args.every,
+        since=args.since,
+        by_version=args.by_version,
+        now=datetime.now(UTC),
+    )
+    sys.stdout.write(format_series(series, args.format))
+    sys.stdout.flush()
+    if args.plot is not None:
+        chart = plot_png(series)
+        try:
+            args.plot.write_bytes(chart)
+        except OSError as error:
+            raise StreamsError(f"cannot write the chart to {args.plot}: {error}") from None
+        print(f"streams: wrote the chart to {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -43,3 +43,9 @@ class DeliveryError(StreamsError):
         )
         self.join_keys = list(join_keys)
         self.errors = list(errors)
+
+
+class BrokerTimeout(StreamsError):
+    """The broker did not answer within the caller's timeout; the message says what waited."""
+
+    reason = "broker_timeout"

@@ -23,7 +23,7 @@ import orjson
 from streams.errors import RecordError
 
 Record = dict[str, Any]
-SCHEMA_NAMES = ("prediction", "feedback", "joined", "unmatched", "deadletter")
+SCHEMA_NAMES = ("prediction", "feedback", "joined", "unmatched", "deadletter", "stats")
 DEADLETTER_VALUE_LIMIT = 64 * 1024
 
 

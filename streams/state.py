@@ -10,11 +10,11 @@ row is stale and is simply dropped by the sweep.
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
-from streams import join
+from streams import feedback_stats, join
 from streams.join import Row
 from streams.records import Record
 
@@ -92,6 +92,13 @@ def write_row(
             due[due_key(new_due, key)] = b""
 
 
+# The aggregate shares an input changed: `state` key -> the stored share (None: absent).
+Moved = dict[bytes, bytes | None]
+# A row's list of every aggregate [version, field, minute] it has counted in, so that
+# a replayed input can publish again what it moved.
+AGGREGATES = "agg"
+
+
 def apply_input(
     state: Writable,
     due: Writable,
@@ -104,21 +111,48 @@ def apply_input(
     retention_ms: int,
     pending_ttl_ms: int,
     expired_memory_ms: int,
-) -> tuple[join.Result, int]:
-    """Apply one valid input to its stored row: read, run the rule, write row and index.
+) -> tuple[join.Result, int, Moved]:
+    """Apply one valid input to its stored row: read, run the rule, write row, index, aggregates.
 
-    Returns the rule's result and how much feedback was waiting before it ran.
+    Returns the rule's result, how much feedback was waiting before it ran, and the
+    aggregates it moved (for a replay: every aggregate the row ever counted in, as they
+    are, so that they are published again).
     """
-    key = row_key(record["application"], record["join_key"])
+    application = record["application"]
+    key = row_key(application, record["join_key"])
     row = decode_row(state.get(key))
     # The rules update the row in place: note what it was before them.
     old_due = join.next_due(row, expired_memory_ms) if row else None
     waiting = len(row["pend"]) if row else 0
+    counted = feedback_stats.contribution(row)
+    counted_in: list[list[Any]] = row.get(AGGREGATES, []) if row else []
     if is_prediction:
         result = join.on_prediction(row, record, event_ts, src, now, retention_ms)
     else:
         result = join.on_feedback(row, record, event_ts, src, now, pending_ttl_ms)
     after = result.row
+    moves: dict[bytes, feedback_stats.Totals] = {}
+    if after is not None and not result.replay:
+        # Aggregates are history: only a row that still holds a prediction moves them
+        # (an expired prediction, or one replaced by a marker, keeps counting).
+        counts = feedback_stats.contribution(after) if after["pred"] is not None else None
+        if counts is not None:
+            moves = feedback_stats.changes(application, counted, counts)
+        after[AGGREGATES] = counted_in + [
+            list(agg) for agg in counts or () if list(agg) not in counted_in
+        ]
+    if result.replay:
+        # What this input moved before the crash may not have been published: publish
+        # every aggregate the row ever counted in again, as it is now.
+        again = [feedback_stats.stats_key(application, *agg) for agg in counted_in]
+        moved: Moved = {share: state.get(share) for share in again}
+    else:
+        # Shares first, then the row (see `streams.feedback_stats`).
+        moved = {}
+        for share, delta in moves.items():
+            stored = state.get(share)
+            if feedback_stats.moved_by(stored) != src:
+                state[share] = moved[share] = feedback_stats.merge(stored, delta, src)
     write_row(
         state,
         due,
@@ -128,4 +162,4 @@ def apply_input(
         row=after,
         new_due=join.next_due(after, expired_memory_ms) if after else None,
     )
-    return result, waiting
+    return result, waiting, moved

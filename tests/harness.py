@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.join import joined_id
@@ -171,6 +171,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_until_equal(value: Callable[[], Any], expected: Any, timeout: float = 30.0) -> None:
+    """Poll `value()` until it equals `expected`; on timeout, fail showing the last value."""
+    deadline = time.monotonic() + timeout
+    seen = value()
+    while seen != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen = value()
+    assert seen == expected
+
+
 class WorkerProcess:
     """`streams worker` in a subprocess with its own environment and log file."""
 
@@ -277,3 +287,55 @@ def assert_joined_once_by_id(out: Iterable[Read], events: Iterable[dict[str, Any
     missing = expected - set(seen)
     assert not missing, f"{len(missing)} feedback record(s) never joined: {sorted(missing)[:5]}"
     assert set(seen) == expected, "joined records nobody asked for"
+
+
+def topic_latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The latest value (None: a tombstone) of every key in a compacted topic, read to its end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        at_end: set[int] = set()
+        latest: dict[bytes, bytes | None] = {}
+        while len(at_end) < len(partitions):
+            message = consumer.poll(5)
+            assert message is not None, f"no end of {topic} in sight"
+            if message.error():
+                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+                at_end.add(message.partition())
+                continue
+            latest[message.key()] = message.value()
+        return latest
+    finally:
+        consumer.close()
+
+
+def stats_totals(bootstrap: str, topic: str) -> dict[tuple[Any, ...], list[Any]]:
+    """`feedback-stats` as a reader sees it: the latest share per key, partitions added up.
+
+    Maps (application, version, field, minute) to [count, true, false, numbers, sum].
+    """
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    for key, value in topic_latest(bootstrap, topic).items():
+        if value is None:
+            continue
+        record = orjson.loads(value)
+        application, version, field, minute, partition = orjson.loads(key)
+        assert (application, version, field, minute, partition) == (
+            record["application"],
+            record["version"],
+            record["field"],
+            record["minute"],
+            record["partition"],
+        ), "the key names the share its value carries"
+        current = totals.setdefault((application, version, field, minute), [0, 0, 0, 0, 0])
+        for i, name in enumerate(("count", "true", "false", "numbers", "sum")):
+            current[i] += record[name]
+    return totals

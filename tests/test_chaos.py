@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -15,6 +16,8 @@ from harness import (
     feedback,
     prediction,
     read_topic,
+    stats_totals,
+    wait_until_equal,
 )
 from test_worker import Start
 
@@ -67,4 +70,17 @@ def test_sigkill_mid_stream_loses_no_joined_record(
         bootstrap, topic_prefix + "joined", len(keys), timeout=AFTER_CRASH_TIMEOUT, settle=2.0
     )
     assert_joined_once_by_id(out, events)
+    # However often an input was read again, each prediction counts once in the aggregates.
+    thumbs = [bool(event["feedback"]["thumbs_up"]) for event in events]  # type: ignore[index]
+    topic = topic_prefix + "feedback-stats"
+
+    def thumbs_up_totals() -> list[Any]:
+        summed = [0, 0, 0, 0, 0]
+        for (_, _, field, _), share in stats_totals(bootstrap, topic).items():
+            if field == "thumbs_up":
+                summed = [a + b for a, b in zip(summed, share, strict=True)]
+        return summed
+
+    expected = [len(thumbs), sum(thumbs), len(thumbs) - sum(thumbs), 0, 0]
+    wait_until_equal(thumbs_up_totals, expected, timeout=60)
     print(f"{guarantee}: {len(out) - len({r.value['id'] for r in out})} repeated joined records")

@@ -7,13 +7,11 @@ CONTRACT.md section 5. Retentions here are seconds; the rules at day scale are i
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from harness import (
     RawProducer,
@@ -22,6 +20,7 @@ from harness import (
     metric,
     prediction,
     read_topic,
+    topic_latest,
     wait_for,
 )
 from rocksdict import Options, Rdict
@@ -37,34 +36,6 @@ Start = Callable[..., WorkerProcess]
 
 def ts_ago(delta: timedelta) -> str:
     return format_ts(int((datetime.now(UTC) - delta).timestamp() * 1000))
-
-
-def changelog_latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
-    """The latest value (None: a tombstone) of every key in a table's changelog topic."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        at_end: set[int] = set()
-        latest: dict[bytes, bytes | None] = {}
-        while len(at_end) < len(partitions):
-            message = consumer.poll(5)
-            assert message is not None, f"no end of {topic} in sight"
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                at_end.add(message.partition())
-                continue
-            latest[message.key()] = message.value()
-        return latest
-    finally:
-        consumer.close()
 
 
 def topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
@@ -214,10 +185,10 @@ def test_expired_predictions_leave_rocksdb_and_the_changelog_and_never_come_back
     changelog = configs[f"{app_id}-state-changelog"]
     assert changelog["cleanup.policy"] == "compact"
     assert changelog["max.compaction.lag.ms"] == changelog["delete.retention.ms"] == "86400000"
-    state = changelog_latest(bootstrap, f"{app_id}-state-changelog")
+    state = topic_latest(bootstrap, f"{app_id}-state-changelog")
     assert all(state[row_key("short", k)] is None for k in short), "a tombstone per expired row"
     assert all(state[row_key("long", k)] is not None for k in long)
-    due = changelog_latest(bootstrap, f"{app_id}-due-changelog")
+    due = topic_latest(bootstrap, f"{app_id}-due-changelog")
     live_index = {split_due_key(k)[1] for k, v in due.items() if v is not None}
     assert live_index == {row_key("long", k) for k in long}
 
@@ -281,5 +252,5 @@ def test_pending_feedback_times_out_on_a_rebuilt_worker_and_leaves_the_changelog
         "the late prediction stored",
     )
     assert read_topic(bootstrap, topic_prefix + "joined", 1, timeout=2) == []
-    state = changelog_latest(bootstrap, f"{env['STREAMS_APP_ID']}-state-changelog")
+    state = topic_latest(bootstrap, f"{env['STREAMS_APP_ID']}-state-changelog")
     assert all(state[row_key("loans", f"o{i}")] is None for i in range(1, 5))
