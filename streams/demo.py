@@ -3,8 +3,9 @@
 Starts a local broker if none answers, runs one worker, logs a realistic sample with
 the SDK (predictions, delayed feedback, feedback before its prediction, feedback for
 unknown keys, late feedback past retention, a few malformed records), then prints
-what was joined, unmatched and dead-lettered and the % positive feedback per
-application and version, writes a chart, and stops what it started.
+what was joined, unmatched and dead-lettered and the % positive feedback over time
+per application and version as the workers publish it (`streams stats`), writes a
+chart, and stops what it started.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,17 @@ from confluent_kafka import Producer
 import streams
 from streams.consumer import read_topic
 from streams.kafka_ping import answers
-from streams.settings import Settings
+from streams.settings import Settings, format_duration
+from streams.stats_chart import plot_png
+from streams.stats_query import format_table, read_feedback_stats, stats_series
 from streams.topics import create_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_RETENTION_APP = "support-bot"
+FEEDBACK_FIELDS = {"loan-approval": "approved_correct", SHORT_RETENTION_APP: "thumbs_up"}
+# Loan predictions are logged with timestamps over the last hours, as if replayed from a
+# day's traffic, so the % positive series has several hourly points.
+LOAN_HOURS = 6
 
 
 def broker_answers(servers: str) -> bool:
@@ -77,9 +85,13 @@ def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str
     sent["early"] = len(early_keys)
     sent["feedback"] += len(early_keys)
     loan_keys: dict[str, list[str]] = {}
+    now = datetime.now(UTC)
     for version in ("v1", "v2"):
         rows = count // 2
         _, keys = loans.log(
+            timestamps=[
+                now - timedelta(seconds=rng.uniform(5, LOAN_HOURS * 3600)) for _ in range(rows)
+            ],
             inputs=[
                 {
                     "amount": rng.randint(500, 50_000),
@@ -186,46 +198,44 @@ def send_malformed(settings: Settings) -> int:
     return len(bad)
 
 
-def positive_series(
+def positive_counts(
     joined: list[dict[str, Any]], fields: dict[str, str]
-) -> dict[tuple[str, str], Counter[str]]:
-    """% positive per (application, version) from the latest joined record of each prediction."""
+) -> dict[tuple[str, Any], list[int]]:
+    """[predictions, positive] per (application, version), from joined records.
+
+    Each prediction's latest joined record: what `feedback-stats` must say, computed the
+    slow way, as a check.
+    """
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in joined:
         key = (record["application"], record["join_key"])
         if key not in latest or record["feedback_revision"] >= latest[key]["feedback_revision"]:
             latest[key] = record
-    counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    counts: dict[tuple[str, Any], list[int]] = defaultdict(lambda: [0, 0])
     for record in latest.values():
-        value = record["feedback"].get(fields.get(record["application"], ""))
+        value = record["feedback"].get(fields[record["application"]])
         if isinstance(value, bool):
-            group = counts[(record["application"], str(record["version"]))]
-            group["total"] += 1
-            group["positive"] += value
+            group = counts[(record["application"], record["version"])]
+            group[0] += 1
+            group[1] += value
+    return dict(counts)
+
+
+def published_counts(
+    settings: Settings, fields: dict[str, str]
+) -> dict[tuple[str, Any], list[int]]:
+    """[predictions, positive] per (application, version), as `feedback-stats` has them."""
+    records = read_feedback_stats(settings).records
+    counts: dict[tuple[str, Any], list[int]] = {}
+    for application, field in fields.items():
+        series = stats_series(
+            records, application, field, every=timedelta(days=365), by_version=True
+        )
+        for row in series.rows:
+            group = counts.setdefault((application, row.version), [0, 0])
+            group[0] += row.true + row.false
+            group[1] += row.true
     return counts
-
-
-def write_chart(counts: dict[tuple[str, str], Counter[str]], path: Path) -> bool:
-    """A bar chart of % positive per application and version; False when matplotlib is absent."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    labels = [f"{app}\n{version}" for app, version in sorted(counts)]
-    values = [100 * counts[k]["positive"] / counts[k]["total"] for k in sorted(counts)]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.bar(labels, values, color="#4c72b0")
-    axes.set_ylabel("% positive feedback")
-    axes.set_ylim(0, 100)
-    axes.set_title("Positive feedback by application and version (demo)")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
 
 
 def run(count: int, out_dir: Path) -> int:
@@ -292,7 +302,7 @@ def run(count: int, out_dir: Path) -> int:
             )
             for name in ("joined", "unmatched", "deadletter")
         }
-        report(outputs, out_dir)
+        report(settings, outputs, out_dir)
     finally:
         worker.terminate()
         worker.wait(60)
@@ -303,8 +313,8 @@ def run(count: int, out_dir: Path) -> int:
     return 0
 
 
-def report(outputs: dict[str, list[dict[str, Any]]], out_dir: Path) -> None:
-    """Print the counts, the % positive table, and write the chart."""
+def report(settings: Settings, outputs: dict[str, list[dict[str, Any]]], out_dir: Path) -> None:
+    """Print the counts and the % positive series (`streams stats`), and write the chart."""
     joined = outputs["joined"]
     print(f"\njoined      {len(joined):6d} records ({len({r['id'] for r in joined})} distinct ids)")
     reasons = Counter(r["reason"] for r in outputs["unmatched"])
@@ -317,17 +327,31 @@ def report(outputs: dict[str, list[dict[str, Any]]], out_dir: Path) -> None:
         f"deadletter  {len(outputs['deadletter']):6d}  "
         + ", ".join(f"{k}: {v}" for k, v in sorted(dead.items()))
     )
-    counts = positive_series(
-        joined, {"loan-approval": "approved_correct", SHORT_RETENTION_APP: "thumbs_up"}
-    )
-    print("\n% positive feedback by application and version")
-    print(f"{'application':<16}{'version':<9}{'predictions':>12}{'positive':>10}{'%':>8}")
-    for (app, version), group in sorted(counts.items()):
-        share = 100 * group["positive"] / group["total"]
-        print(f"{app:<16}{version:<9}{group['total']:>12}{group['positive']:>10}{share:>7.1f}%")
-    chart = out_dir / "positive-feedback.png"
-    if write_chart(counts, chart):
-        print(f"\nchart: {chart}")
+    # The worker publishes its aggregates before each commit: wait until they have
+    # caught up with the joined records read above, then show them.
+    expected = positive_counts(joined, FEEDBACK_FIELDS)
+    deadline = time.monotonic() + 30
+    published = published_counts(settings, FEEDBACK_FIELDS)
+    while published != expected and time.monotonic() < deadline:
+        time.sleep(1)
+        published = published_counts(settings, FEEDBACK_FIELDS)
+    agrees = "agrees" if published == expected else "DOES NOT agree"
+    print(f"\nfeedback-stats {agrees} with the joined records: {sorted(published.items())}")
+    records = read_feedback_stats(settings).records
+    for application, field, every in (
+        ("loan-approval", "approved_correct", timedelta(hours=1)),
+        (SHORT_RETENTION_APP, "thumbs_up", timedelta(minutes=1)),
+    ):
+        print(
+            f"\n$ streams stats --application {application} --field {field} "
+            f"--every {format_duration(every)} --by-version"
+        )
+        series = stats_series(records, application, field, every=every, by_version=True)
+        print(format_table(series), end="")
+        if application == "loan-approval":
+            chart = out_dir / "positive-feedback.png"
+            chart.write_bytes(plot_png(series))
+    print(f"\nchart: {out_dir / 'positive-feedback.png'}")
     if joined:
         print(
             "\none joined record:\n" + orjson.dumps(joined[-1], option=orjson.OPT_INDENT_2).decode()

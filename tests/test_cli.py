@@ -107,4 +107,8 @@ def test_make_demo_runs_the_whole_job(bootstrap: str, tmp_path: Path) -> None:
     assert lines["joined"][1:3] == ["380", "records"]
     assert lines["unmatched"][2:] == ["expired:", "20,", "no_prediction:", "8"]
     assert int(lines["deadletter"][1]) == 5
+    # The % positive series comes from the worker's aggregates, checked against `joined`.
+    assert "feedback-stats agrees with the joined records" in result.stdout, result.stdout
+    assert "--field approved_correct --every 1h --by-version" in result.stdout
+    assert (tmp_path / "positive-feedback.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "positive-feedback.png").stat().st_size > 1000
