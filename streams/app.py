@@ -220,8 +220,11 @@ class JoinApp:
     ) -> None:
         # The partitions may go to another worker: what this one wrote for them must be
         # in Kafka before it rebuilds them from the changelogs and publishes their shares.
-        self.publish_stats()
-        await self.drain()
+        # Under the lock: a sweep chunk is never half written, and the sweep stops at the
+        # next chunk (its partitions are no longer active).
+        async with self.lock:
+            self.publish_stats()
+            await self.drain()
 
     async def drain(self) -> None:
         """Wait until Kafka has everything sent so far (without blocking the event loop)."""

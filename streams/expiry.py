@@ -319,6 +319,8 @@ class Sweeper:
         changed = 0
         while True:
             async with ja.lock:
+                if partition not in self.active_partitions():
+                    return changed  # taken away (or a rebalance under way): not ours to write
                 began = time.perf_counter()
                 chunk = plan_chunk(
                     store, ja.clock.now_ms(), ja.expired_memory_ms, start, CHUNK, CHUNK_SECONDS
