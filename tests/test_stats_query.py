@@ -26,6 +26,7 @@ from streams.settings import Settings
 from streams.stats_chart import plot_png
 from streams.stats_query import (
     LatestStats,
+    StatsQuery,
     StatsSeries,
     format_csv,
     format_json,
@@ -608,3 +609,38 @@ def test_streams_stats_reads_the_latest_shares_from_the_broker(
     assert nothing.stdout.split() == [
         *("bucket", "count", "true", "false", "positive_pct", "numbers", "mean")
     ]
+
+
+@pytest.mark.unit
+def test_the_stats_page_reads_the_options_of_the_command_as_parameters() -> None:
+    query = StatsQuery.from_params(
+        {
+            "application": "chat",
+            "field": "thumbs_up",
+            "every": "1d",
+            "since": "7d",
+            "by_version": "1",
+        }
+    )
+    assert query == StatsQuery("chat", "thumbs_up", timedelta(days=1), timedelta(days=7), True)
+    assert StatsQuery.from_params({"application": "a", "field": "f"}) == StatsQuery("a", "f")
+    assert (
+        StatsQuery.from_params({"application": "a", "field": "f", "format": "csv"}).format == "csv"
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"field": "f"}, "application"),
+        ({"application": "a"}, "field"),
+        ({"application": "a", "field": "f", "every": "soon"}, "every"),
+        ({"application": "a", "field": "f", "since": "-1d"}, "since"),
+        ({"application": "a", "field": "f", "format": "xml"}, "format"),
+        ({"application": "a", "field": "f", "by_version": "maybe"}, "by_version"),
+    ],
+)
+def test_a_bad_stats_parameter_is_named(params: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=f"^{named}: "):
+        StatsQuery.from_params(params)
