@@ -33,7 +33,7 @@ from streams.kafka_ping import answers
 from streams.settings import Settings, format_duration
 from streams.stats_chart import plot_png
 from streams.stats_query import format_table, read_feedback_stats, stats_series
-from streams.topics import create_topics
+from streams.topics import create_topics, delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_RETENTION_APP = "support-bot"
@@ -308,6 +308,8 @@ def run(count: int, out_dir: Path) -> int:
         worker.wait(60)
         log_file.close()
         streams.close()
+        deleted = delete_topics(servers, (f"demo-{run_id}",))
+        print(f"demo: deleted its {len(deleted)} topics")
         if started_broker:
             subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "down"], check=False)
     return 0

@@ -144,3 +144,19 @@ def check_copartitioned(settings: Settings, timeout: float = 10.0) -> int:
             "they must be equal for predictions and feedback to meet on one worker"
         )
     return predictions
+
+
+def delete_topics(servers: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Delete every topic whose name starts with one of `prefixes`; return their names.
+
+    For throwaway runs (the demo, tests): their inputs, outputs and the changelogs
+    named after their app id. Best effort: a topic already gone is not an error.
+    """
+    client = AdminClient({"bootstrap.servers": servers})
+    names = [n for n in client.list_topics(timeout=10).topics if n.startswith(prefixes)]
+    for future in (client.delete_topics(names, operation_timeout=30) if names else {}).values():
+        try:
+            future.result(timeout=30)
+        except KafkaException as error:
+            log.warning("topic_delete_failed error=%s", error)
+    return names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import uuid
@@ -10,12 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from harness import RawProducer, WorkerProcess
 
 from streams.kafka_ping import answers
 from streams.settings import Settings
+from streams.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,15 +60,6 @@ def topic_prefix() -> Iterator[str]:
     servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
     if any(answers(server) for server in servers.split(",")):
         delete_topics(servers, (prefix, f"app-{prefix.strip('.')}"))
-
-
-def delete_topics(servers: str, prefixes: tuple[str, ...]) -> None:
-    """Delete every topic whose name starts with one of `prefixes` (best effort)."""
-    admin = AdminClient({"bootstrap.servers": servers})
-    names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(prefixes)]
-    for future in (admin.delete_topics(names, operation_timeout=30) if names else {}).values():
-        with contextlib.suppress(KafkaException):
-            future.result(timeout=30)
 
 
 @pytest.fixture
