@@ -76,20 +76,23 @@ def write_row(
     old_due: int | None,
     row: Row | None,
     new_due: int | None,
+    reindex: bool = False,
 ) -> None:
     """Store `row` (None deletes it) and move its index entry from `old_due` to `new_due`.
 
     `old_due` must be read before the join rules ran: they update rows in place.
+    `reindex` writes the entry at `new_due` even where it should already be: the row
+    and its entry are in two tables (and two changelogs), so a crash between the two
+    writes can leave the row without it; the input is then read again, as a replay.
     """
     if row is not None:
         state[key] = encode_row(row)
     elif existed:
         del state[key]
-    if old_due != new_due:
-        if old_due is not None:
-            del due[due_key(old_due, key)]
-        if new_due is not None:
-            due[due_key(new_due, key)] = b""
+    if old_due != new_due and old_due is not None:
+        del due[due_key(old_due, key)]
+    if new_due is not None and (old_due != new_due or reindex):
+        due[due_key(new_due, key)] = b""
 
 
 # The aggregate shares an input changed: `state` key -> the stored share (None: absent).
@@ -161,5 +164,6 @@ def apply_input(
         old_due=old_due,
         row=after,
         new_due=join.next_due(after, expired_memory_ms) if after else None,
+        reindex=result.replay,
     )
     return result, waiting, moved
