@@ -47,9 +47,9 @@ from streams.metrics import Metrics
 from streams.outbox import DeliveryFailed, Outbox
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
-from streams.state import apply_input
+from streams.state import PENDING_KEY, apply_input, pending_count
 from streams.stats_query import StatsQuery, format_series, read_feedback_stats
-from streams.tables import Tables
+from streams.tables import Tables, partition_db
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ class JoinApp:
         self.app.agent(self.inputs, name="join")(self._agent)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
         self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
+        self._pending_seen = 0
+        self.metrics.pending.set_function(self.pending_now)
         self._install_pages()
 
     # -- the agent ---------------------------------------------------------------
@@ -343,12 +345,9 @@ class JoinApp:
                 m.unmatched.labels(emit.record["reason"]).inc()
         if result.replay:
             return
-        if kind == FEEDBACK and result.outcome == "pending":
-            m.pending.inc()
-        elif kind == PREDICTIONS and waiting_before and result.outcome in ("stored", "expired"):
+        if kind == PREDICTIONS and waiting_before and result.outcome in ("stored", "expired"):
             outcome = "joined" if result.outcome == "stored" else "unmatched"
             m.pending_resolved.labels(outcome).inc(waiting_before)
-            m.pending.dec(waiting_before)
 
     def _deadletter(
         self, kind: str, message: Any, error: RecordError, kafka_ts: int, now: int
@@ -373,6 +372,19 @@ class JoinApp:
             now_ms=now,
         )
         return Outgoing(DEADLETTER, message.key, dumps(record))
+
+    def pending_now(self) -> float:
+        """Feedback waiting for its prediction in this worker's partitions (their stored counts).
+
+        During a rebalance, the last count read: the partitions are being handed over.
+        """
+        app: Any = self.app
+        if not app.rebalancing and self.recovered():
+            self._pending_seen = sum(
+                pending_count(partition_db(self.state, p).get(PENDING_KEY))
+                for p in self.sweeper.active_partitions()
+            )
+        return self._pending_seen
 
     def crashed(self) -> list[str]:
         """What crashed among the app, its consumer and its fetcher, with the reasons."""

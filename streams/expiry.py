@@ -47,7 +47,15 @@ from prometheus_client import Counter
 
 from streams import join
 from streams.records import dumps
-from streams.state import decode_row, due_key, due_upper_bound, encode_row, split_due_key
+from streams.state import (
+    PENDING_KEY,
+    decode_row,
+    due_key,
+    due_upper_bound,
+    encode_row,
+    moved_pending,
+    split_due_key,
+)
 
 if TYPE_CHECKING:
     from streams.app import JoinApp
@@ -198,10 +206,10 @@ def write_chunk(store: PartitionStore, chunk: Chunk) -> None:
         if not change.stale and change.row is not None and change.due is not None
     ]
     store.write_index(new_entries, [])
-    store.write_rows(
-        [(c.key, encode_row(c.row)) for c in chunk.changes if not c.stale and c.row is not None],
-        [c.key for c in chunk.changes if not c.stale and c.row is None],
-    )
+    rows = [(c.key, encode_row(c.row)) for c in chunk.changes if not c.stale and c.row is not None]
+    if chunk.timed_out:  # in the same write as the rows, after them in the changelog
+        rows.append((PENDING_KEY, moved_pending(store.state.get(PENDING_KEY), -chunk.timed_out)))
+    store.write_rows(rows, [c.key for c in chunk.changes if not c.stale and c.row is None])
     store.write_index([], [change.index_key for change in chunk.changes])
 
 
@@ -348,7 +356,6 @@ class Sweeper:
         metrics.expired.inc(chunk.expired)
         if chunk.timed_out:
             metrics.pending_resolved.labels("unmatched").inc(chunk.timed_out)
-            metrics.pending.dec(chunk.timed_out)
         self.forgotten.inc(chunk.forgotten)
         self.stale.inc(len(chunk.changes) - chunk.rows)
 

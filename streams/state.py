@@ -100,6 +100,25 @@ Moved = dict[bytes, bytes | None]
 # A row's list of every aggregate [version, field, minute] it has counted in, so that
 # a replayed input can publish again what it moved.
 AGGREGATES = "agg"
+# The partition's count of feedback waiting for its prediction, [count, src of the input
+# that last moved it], kept beside the rows and shares like a share (keys starting with
+# two zero bytes are never rows; shares go on with "["), so it moves with the partition.
+PENDING_KEY = feedback_stats.SHARE_PREFIX + b"pending"
+
+
+def pending_count(raw: bytes | None) -> int:
+    """The stored count of pending feedback (0 when absent)."""
+    return 0 if raw is None else int(orjson.loads(raw)[0])
+
+
+def moved_pending(raw: bytes | None, delta: int, src: str | None = None) -> bytes:
+    """The stored count moved by `delta`; `src` None (the sweep) keeps the input's mark.
+
+    Never below zero: feedback stored before the count existed (an upgrade) is not in
+    it, and its timing out must not take the count below what is really waiting.
+    """
+    mark = src if src is not None or raw is None else orjson.loads(raw)[1]
+    return orjson.dumps([max(0, pending_count(raw) + delta), mark])
 
 
 def apply_input(
@@ -150,12 +169,17 @@ def apply_input(
         again = [feedback_stats.stats_key(application, *agg) for agg in counted_in]
         moved: Moved = {share: state.get(share) for share in again}
     else:
-        # Shares first, then the row (see `streams.feedback_stats`).
+        # Shares and the pending count first, then the row (see `streams.feedback_stats`).
         moved = {}
         for share, delta in moves.items():
             stored = state.get(share)
             if feedback_stats.moved_by(stored) != src:
                 state[share] = moved[share] = feedback_stats.merge(stored, delta, src)
+        waiting_after = len(after["pend"]) if after is not None else 0
+        if waiting_after != waiting:
+            stored = state.get(PENDING_KEY)
+            if stored is None or orjson.loads(stored)[1] != src:
+                state[PENDING_KEY] = moved_pending(stored, waiting_after - waiting, src)
     write_row(
         state,
         due,

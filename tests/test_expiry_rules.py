@@ -10,13 +10,23 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from rocksdict import Options, Rdict
 
 from streams import join
 from streams.clock import ManualClock
 from streams.expiry import PartitionStore, plan_chunk, sweep_partition, write_chunk
-from streams.state import decode_row, due_key, encode_row, row_key, split_due_key
+from streams.state import (
+    PENDING_KEY,
+    decode_row,
+    due_key,
+    encode_row,
+    moved_pending,
+    pending_count,
+    row_key,
+    split_due_key,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -301,9 +311,12 @@ def test_sweep_times_out_pending_feedback_with_its_join_key(
 ) -> None:
     part.feedback("orphan", "f1")
     part.feedback("orphan", "f2")
+    part.state.put(PENDING_KEY, moved_pending(None, 3, "f0:2"))  # as the worker keeps it
     clock.advance(TTL)
     totals = part.sweep()
     assert totals.timed_out == 2 and totals.forgotten == 1
+    assert orjson.loads(part.state.get(PENDING_KEY)) == [1, "f0:2"], "counted down, mark kept"
+    assert (PENDING_KEY, part.state.get(PENDING_KEY)) in part.changelog["state"]
     assert [(key, e.record["reason"]) for key, e in totals.emits] == [
         (b"orphan", "no_prediction"),
         (b"orphan", "no_prediction"),
@@ -412,3 +425,9 @@ def test_the_next_sweep_starts_where_the_last_ended_and_a_full_one_finds_the_res
     assert sweep_partition(part.store(), clock.ms, MEMORY, start=second.floor).rows == 0
     assert sweep_partition(part.store(), clock.ms, MEMORY).forgotten == 1
     assert part.row("ancient") is None
+
+
+def test_the_pending_count_never_goes_below_zero() -> None:
+    """Feedback stored before the count existed times out without taking it negative."""
+    assert pending_count(moved_pending(moved_pending(None, 1, "f0:1"), -3)) == 0
+    assert pending_count(None) == 0

@@ -15,7 +15,7 @@ from test_join import APP, DAY, KEY, MEMORY, RETENTION, T0, TTL, Input, interlea
 
 from streams import feedback_stats
 from streams.feedback_stats import MINUTE_MS, SHARE_PREFIX
-from streams.state import Moved, apply_input
+from streams.state import PENDING_KEY, Moved, apply_input
 
 pytestmark = pytest.mark.unit
 
@@ -130,7 +130,7 @@ def shares(
 ) -> dict[tuple[Any, ...], list[Any]]:
     found = {}
     for key, raw in table.items():
-        if key.startswith(SHARE_PREFIX):
+        if key.startswith(SHARE_PREFIX) and key != PENDING_KEY:
             totals = feedback_stats.decode_totals(raw)
             if totals[0]:
                 found[tuple(orjson.loads(key[len(SHARE_PREFIX) :]))] = totals

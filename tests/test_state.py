@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from test_join import MEMORY, Input, interleavings
 
 from streams import join
 from streams.feedback_stats import SHARE_PREFIX
-from streams.state import decode_row, due_key
+from streams.state import PENDING_KEY, decode_row, due_key, pending_count
 
 pytestmark = pytest.mark.unit
 
@@ -82,3 +83,15 @@ def test_a_row_keeps_its_index_entry_after_writes_cut_short_and_a_replay(
     for item in inputs[commit:]:
         before.apply(item)
     assert index_is_complete(before) == []
+    assert waiting(before) == waiting(Tables.after(inputs)), "the pending count, as a clean run's"
+
+
+@settings(max_examples=300, deadline=None)
+@given(interleavings())
+def test_the_pending_count_is_the_feedback_waiting_in_the_rows(inputs: list[Input]) -> None:
+    tables = Tables.after(inputs)
+    assert waiting(tables) == sum(len(orjson.loads(raw)["pend"]) for raw in tables.rows())
+
+
+def waiting(tables: Tables) -> int:
+    return pending_count(tables.state.get(PENDING_KEY))
