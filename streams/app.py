@@ -177,6 +177,7 @@ class JoinApp:
         self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
         self.app.sensors.add(FlushBeforeCommit(self))
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
         # Held by the agent while it reads and writes a row, and by the sweep per chunk.
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
@@ -227,6 +228,44 @@ class JoinApp:
         async with self.lock:
             self.publish_stats()
             await self.drain()
+
+    async def _on_partitions_assigned(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
+        consumer: Any = self.app.consumer
+        if getattr(consumer, "_streams_rewinds", False):
+            return
+        seek_to_committed = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await seek_to_committed()
+            await self._rewind_uncommitted(consumer)
+
+        consumer.perform_seek = perform_seek
+        consumer._streams_rewinds = True
+
+    async def _rewind_uncommitted(self, consumer: Any) -> None:
+        """Read input partitions without a committed offset from their first record.
+
+        After recovery faust seeks each partition to its committed offset, but aiokafka
+        seeks only where that offset is above 0 (`seek_to_committed`). Records fetched
+        while the tables were recovering and dropped when faust suspended the flow are
+        then skipped for good: in a new group, the first records of a partition that
+        were processed and not committed before a crash were never read again.
+        """
+        inputs = set(self.topic_names.values())
+        tps = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic in inputs and not consumer._committed_offset.get(tp)
+        ]
+        if not tps:
+            return
+        earliest = await consumer.earliest_offsets(*tps)
+        for tp in tps:
+            offset = earliest.get(tp, 0)
+            log.info("rewind topic=%s partition=%d offset=%d", tp.topic, tp.partition, offset)
+            await consumer.seek(tp, offset)
 
     async def drain(self) -> None:
         """Wait until Kafka has everything sent so far (without blocking the event loop)."""
@@ -324,6 +363,15 @@ class JoinApp:
             expired_memory_ms=self.expired_memory_ms,
         )
         self._count(kind, result, waiting_before, now, kafka_ts)
+        log.debug(
+            "applied topic=%s partition=%d offset=%d outcome=%s replay=%s emits=%d",
+            message.topic,
+            message.partition,
+            message.offset,
+            result.outcome,
+            result.replay,
+            len(result.emits),
+        )
         for key, share in moved.items():
             self.stats_unpublished[(message.partition, key)] = share
         join_key = message.key
