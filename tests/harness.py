@@ -110,9 +110,17 @@ class Read:
 
 
 def read_topic(
-    bootstrap: str, topic: str, count: int, timeout: float = 30.0, settle: float = 0.0
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    until: Callable[[list[Read]], bool] | None = None,
 ) -> list[Read]:
-    """Read `topic` from the beginning until `count` records (then `settle` s more) or timeout."""
+    """Read `topic` from the beginning until `count` records (then `settle` s more) or timeout.
+
+    With `until`, read until it is true of the records read instead of counting them.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -128,7 +136,7 @@ def read_topic(
     settle_until: float | None = None
     try:
         while time.monotonic() < deadline:
-            if settle_until is None and len(found) >= count:
+            if settle_until is None and (until(found) if until else len(found) >= count):
                 settle_until = time.monotonic() + settle
             if settle_until is not None and time.monotonic() >= settle_until:
                 break
@@ -265,15 +273,29 @@ def by_id(records: Iterable[Read]) -> dict[str, dict[str, Any]]:
     return {r.value["id"]: r.value for r in records}
 
 
+def joined_ids(events: Iterable[dict[str, Any]]) -> set[str]:
+    """The ids of the joined records the feedback `events` must produce."""
+    return {
+        joined_id(str(e["application"]), str(e["join_key"]), str(e["event_id"])) for e in events
+    }
+
+
+def all_joined(events: Iterable[dict[str, Any]]) -> Callable[[list[Read]], bool]:
+    """For `read_topic(until=...)`: true once every event's joined record was read.
+
+    Counting records is not enough after a crash or a rebalance: repeats count too.
+    """
+    expected = joined_ids(events)
+    return lambda found: expected <= {r.value["id"] for r in found}
+
+
 def assert_joined_once_by_id(out: Iterable[Read], events: Iterable[dict[str, Any]]) -> None:
     """Every feedback event has its joined record, nothing else is there, and a repeat is identical.
 
     At-least-once delivery may repeat a joined record after a rebalance or a crash;
     the contract is that the repeat carries the same id and the same content.
     """
-    expected = {
-        joined_id(str(e["application"]), str(e["join_key"]), str(e["event_id"])) for e in events
-    }
+    expected = joined_ids(events)
     seen: dict[str, tuple[Any, ...]] = {}
     for record in out:
         value = record.value

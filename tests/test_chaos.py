@@ -12,6 +12,7 @@ import pytest
 from harness import (
     AFTER_CRASH_TIMEOUT,
     RawProducer,
+    all_joined,
     assert_joined_once_by_id,
     feedback,
     prediction,
@@ -67,7 +68,12 @@ def test_sigkill_mid_stream_loses_no_joined_record(
     sender.join()
     worker.start()
     out = read_topic(
-        bootstrap, topic_prefix + "joined", len(keys), timeout=AFTER_CRASH_TIMEOUT, settle=2.0
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=2.0,
+        until=all_joined(events),
     )
     assert_joined_once_by_id(out, events)
     # However often an input was read again, each prediction counts once in the aggregates.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from harness import (
     RawProducer,
+    all_joined,
     assert_joined_once_by_id,
     feedback,
     metric,
@@ -41,5 +42,12 @@ def test_two_workers_share_partitions_and_one_takes_over_the_others_table(
     for event in events:
         producer.send("feedback", event)
     producer.flush()
-    out = read_topic(bootstrap, topic_prefix + "joined", len(events), timeout=40, settle=1.0)
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(events),
+        timeout=40,
+        settle=1.0,
+        until=all_joined(events),
+    )
     assert_joined_once_by_id(out, events)
