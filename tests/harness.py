@@ -186,7 +186,7 @@ def wait_until_equal(value: Callable[[], Any], expected: Any, timeout: float = 3
     while seen != expected and time.monotonic() < deadline:
         time.sleep(0.5)
         seen = value()
-    assert seen == expected
+    assert seen == expected, f"last seen {seen!r}, expected {expected!r}"
 
 
 class WorkerProcess:
