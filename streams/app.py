@@ -173,7 +173,7 @@ class JoinApp:
         self.outbox = Outbox(settings.bootstrap_servers)
         self.tables = Tables(self.state, self.due, self.outbox)
         self.stats_topic = settings.topic(FEEDBACK_STATS)
-        # (partition, `stats` key) -> its share as last written, until published.
+        # (partition, share key in `state`) -> the share as last written, until published.
         self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
         self.app.sensors.add(FlushBeforeCommit(self))
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)

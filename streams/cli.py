@@ -114,22 +114,17 @@ def _tail(
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
     from streams.stats_chart import plot_png
-    from streams.stats_query import format_series, read_feedback_stats, stats_series
+    from streams.stats_query import StatsQuery, format_series, read_feedback_stats
 
     latest = read_feedback_stats(settings, timeout=args.timeout)
     if latest.skipped:
         topic = settings.topic(FEEDBACK_STATS)
         print(f"streams: skipped {latest.skipped} unreadable record(s) in {topic}", file=sys.stderr)
-    series = stats_series(
-        latest.records,
-        args.application,
-        args.field,
-        every=args.every,
-        since=args.since,
-        by_version=args.by_version,
-        now=datetime.now(UTC),
+    query = StatsQuery(
+        args.application, args.field, args.every, args.since, args.by_version, args.format
     )
-    sys.stdout.write(format_series(series, args.format))
+    series = query.series(latest.records, datetime.now(UTC))
+    sys.stdout.write(format_series(series, query.format))
     sys.stdout.flush()
     if args.plot is not None:
         chart = plot_png(series)

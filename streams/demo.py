@@ -222,10 +222,9 @@ def positive_counts(
 
 
 def published_counts(
-    settings: Settings, fields: dict[str, str]
+    records: list[dict[str, Any]], fields: dict[str, str]
 ) -> dict[tuple[str, Any], list[int]]:
     """[predictions, positive] per (application, version), as `feedback-stats` has them."""
-    records = read_feedback_stats(settings).records
     counts: dict[tuple[str, Any], list[int]] = {}
     for application, field in fields.items():
         series = stats_series(
@@ -333,13 +332,14 @@ def report(settings: Settings, outputs: dict[str, list[dict[str, Any]]], out_dir
     # caught up with the joined records read above, then show them.
     expected = positive_counts(joined, FEEDBACK_FIELDS)
     deadline = time.monotonic() + 30
-    published = published_counts(settings, FEEDBACK_FIELDS)
+    records = read_feedback_stats(settings).records
+    published = published_counts(records, FEEDBACK_FIELDS)
     while published != expected and time.monotonic() < deadline:
         time.sleep(1)
-        published = published_counts(settings, FEEDBACK_FIELDS)
+        records = read_feedback_stats(settings).records
+        published = published_counts(records, FEEDBACK_FIELDS)
     agrees = "agrees" if published == expected else "DOES NOT agree"
     print(f"\nfeedback-stats {agrees} with the joined records: {sorted(published.items())}")
-    records = read_feedback_stats(settings).records
     for application, field, every in (
         ("loan-approval", "approved_correct", timedelta(hours=1)),
         (SHORT_RETENTION_APP, "thumbs_up", timedelta(minutes=1)),

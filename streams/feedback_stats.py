@@ -107,8 +107,8 @@ def decode_totals(raw: bytes | None) -> Totals:
 
 
 def moved_by(raw: bytes | None) -> str | None:
-    """The `src` of the input that last moved a stored share."""
-    return None if raw is None else orjson.loads(raw)[5]
+    """The `src` of the input that last moved a stored share or count (stored last)."""
+    return None if raw is None else orjson.loads(raw)[-1]
 
 
 def merge(raw: bytes | None, delta: Totals, src: str) -> bytes:

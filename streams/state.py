@@ -117,7 +117,7 @@ def moved_pending(raw: bytes | None, delta: int, src: str | None = None) -> byte
     Never below zero: feedback stored before the count existed (an upgrade) is not in
     it, and its timing out must not take the count below what is really waiting.
     """
-    mark = src if src is not None or raw is None else orjson.loads(raw)[1]
+    mark = src if src is not None else feedback_stats.moved_by(raw)
     return orjson.dumps([max(0, pending_count(raw) + delta), mark])
 
 
@@ -160,9 +160,11 @@ def apply_input(
         counts = feedback_stats.contribution(after) if after["pred"] is not None else None
         if counts is not None:
             moves = feedback_stats.changes(application, counted, counts)
-        after[AGGREGATES] = counted_in + [
+        counted_in_after = counted_in + [
             list(agg) for agg in counts or () if list(agg) not in counted_in
         ]
+        if counted_in_after:  # rows without feedback carry no list
+            after[AGGREGATES] = counted_in_after
     if result.replay:
         # What this input moved before the crash may not have been published: publish
         # every aggregate the row ever counted in again, as it is now.
@@ -178,7 +180,7 @@ def apply_input(
         waiting_after = len(after["pend"]) if after is not None else 0
         if waiting_after != waiting:
             stored = state.get(PENDING_KEY)
-            if stored is None or orjson.loads(stored)[1] != src:
+            if feedback_stats.moved_by(stored) != src:
                 state[PENDING_KEY] = moved_pending(stored, waiting_after - waiting, src)
     write_row(
         state,
