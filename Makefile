@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## lint: ruff (lint and format) and mypy --strict on streams/
+## lint: ruff (lint and format) and mypy --strict on streams/ and bench/
 lint: install
-	$(BIN)/ruff check streams tests scripts
-	$(BIN)/ruff format --check streams tests scripts
+	$(BIN)/ruff check streams bench tests scripts
+	$(BIN)/ruff format --check streams bench tests scripts
 	$(BIN)/mypy
 
 ## demo: the main job on a local broker: a worker, a realistic sample, what was joined
@@ -30,7 +30,7 @@ demo: install
 
 ## bench: the benchmark of BENCHMARK.md, the worker against a plain confluent-kafka loop
 bench: install
-	$(BIN)/python -m streams.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 kafka-up:
 	scripts/kafka.sh up

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from streams.consumer import consume_joined
 from streams.errors import DeliveryError, StreamsError
-from streams.joinkey import JoinKey
-from streams.sdk import Application, close, fill_prompt, flush, get_application, init
-from streams.sdk_records import LogError, LogTypeError
+from streams.sdk.client import Application, close, fill_prompt, flush, get_application, init
+from streams.sdk.consumer import consume_joined
+from streams.sdk.joinkey import JoinKey
+from streams.sdk.records import LogError, LogTypeError
 
 __version__ = "0.1.0"
 

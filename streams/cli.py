@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "worker":
-            from streams.worker import run_worker
+            from streams.worker.run import run_worker
 
             return run_worker(settings)
         if args.command == "topics":
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _tail(
     settings: Settings, topic: str, from_beginning: bool, limit: int | None, timeout: float | None
 ) -> int:
-    from streams.consumer import read_topic
+    from streams.sdk.consumer import read_topic
 
     out = sys.stdout.buffer
     for count, record in enumerate(
@@ -113,8 +113,8 @@ def _tail(
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.stats_chart import plot_png
-    from streams.stats_query import StatsQuery, format_series, read_feedback_stats
+    from streams.stats.chart import plot_png
+    from streams.stats.query import StatsQuery, format_series, read_feedback_stats
 
     latest = read_feedback_stats(settings, timeout=args.timeout)
     if latest.skipped:

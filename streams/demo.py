@@ -28,11 +28,11 @@ import orjson
 from confluent_kafka import Producer
 
 import streams
-from streams.consumer import read_topic
 from streams.kafka_ping import answers
+from streams.sdk.consumer import read_topic
 from streams.settings import Settings, format_duration
-from streams.stats_chart import plot_png
-from streams.stats_query import format_table, read_feedback_stats, stats_series
+from streams.stats.chart import plot_png
+from streams.stats.query import format_table, read_feedback_stats, stats_series
 from streams.topics import create_topics, delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent

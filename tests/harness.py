@@ -20,8 +20,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.join import joined_id
 from streams.records import format_ts
+from streams.worker.join import joined_id
 
 # A worker that died without leaving its consumer group keeps its partitions until the
 # group's session timeout ends (faust's default, 60 s); only then does a restarted or
@@ -361,3 +361,7 @@ def stats_totals(bootstrap: str, topic: str) -> dict[tuple[Any, ...], list[Any]]
         for i, name in enumerate(("count", "true", "false", "numbers", "sum")):
             current[i] += record[name]
     return totals
+
+
+# The `start_worker` fixture: starts a `streams worker` process with extra settings.
+Start = Callable[..., WorkerProcess]

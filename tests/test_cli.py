@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from harness import RawProducer, feedback, prediction, read_topic
 
-from streams.join import joined_id
+from streams.worker.join import joined_id
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,141 @@
+"""The SDK's Kafka side: one idempotent confluent-kafka producer and its delivery reports.
+
+Records are queued with key = join key (UTF-8) and value = the JSON, partitioned with
+murmur2 like Java clients and aiokafka, so the worker finds a prediction and its
+feedback on the same partition number.
+
+Delivery is asynchronous. librdkafka reports only failures (`delivery.report.only.error`);
+their join keys are kept until `flush()` or `close()` raises `DeliveryError` with them.
+When `flush` runs out of time it purges what is still queued, so those keys are
+reported too and nothing is sent behind the caller's back after the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Message
+from confluent_kafka import Producer as KafkaProducer
+
+from streams.clock import Clock, SystemClock
+from streams.errors import DeliveryError, StreamsError
+from streams.sdk.records import FEEDBACK, PREDICTION
+from streams.settings import Settings
+from streams.topics import FEEDBACK as FEEDBACK_TOPIC
+from streams.topics import PREDICTIONS as PREDICTIONS_TOPIC
+
+log = logging.getLogger(__name__)
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "partitioner": "murmur2_random",  # as Java clients, aiokafka and faust (TRAPS.md)
+    "enable.idempotence": True,
+    "compression.type": "lz4",
+    "linger.ms": 5,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 1_000_000,
+    "delivery.report.only.error": True,  # a report per success would cost a Python call each
+}
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+class Producer(Protocol):
+    """What the SDK needs of a producer: confluent-kafka's, or a fake in unit tests."""
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None: ...  # noqa: D102
+    def poll(self, timeout: float) -> int: ...  # noqa: D102
+    def flush(self, timeout: float) -> int: ...  # noqa: D102
+    def purge(self, in_queue: bool, in_flight: bool, blocking: bool) -> None: ...  # noqa: D102
+    def __len__(self) -> int: ...
+
+
+def producer_config(
+    settings: Settings, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The confluent-kafka configuration: our defaults, then `overrides` (`a_b` means `a.b`)."""
+    config = {"bootstrap.servers": settings.bootstrap_servers, **PRODUCER_DEFAULTS}
+    # Room for the largest record we let through, plus the batch framing.
+    config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
+    for name, value in (overrides or {}).items():
+        config[name if "." in name or name.endswith("_cb") else name.replace("_", ".")] = value
+    return config
+
+
+class Client:
+    """One producer and its delivery bookkeeping; `streams.init()` makes the process-wide one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Mapping[str, Any] | None = None,
+        *,
+        producer: Producer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.closed = False
+        self.topics = {
+            PREDICTION: settings.topic(PREDICTIONS_TOPIC),
+            FEEDBACK: settings.topic(FEEDBACK_TOPIC),
+        }
+        self._lock = threading.Lock()
+        self._failed: list[tuple[str, str]] = []
+        if producer is None:
+            full = producer_config(settings, config)
+            full.update(on_delivery=self.on_delivery, error_cb=_on_error, logger=log)
+            producer = KafkaProducer(full)
+        self.producer = producer
+
+    def on_delivery(self, error: KafkaError | None, message: Message[Any, Any]) -> None:
+        """Delivery report: keep the join key of every record that failed."""
+        if error is None:
+            return
+        key = message.key()
+        shown = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        text = error.str()
+        if error.code() in _PURGED:
+            text = f"not delivered before flush() timed out ({text})"
+        with self._lock:
+            self._failed.append((shown, text))
+
+    def send(self, kind: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """Queue records of one kind; blocks only while the queue is full."""
+        if self.closed:
+            raise StreamsError("this SDK client is closed: call streams.init() again")
+        topic, produce, poll = self.topics[kind], self.producer.produce, self.producer.poll
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    poll(0.05)  # librdkafka's queue is full: serve it until there is room
+        poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait up to `timeout` s for delivery; raise `DeliveryError` naming what was not sent."""
+        left = self.producer.flush(timeout)
+        if left:
+            self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self.producer.flush(5.0)  # serves the purged records' delivery reports
+            log.error("flush_timeout timeout_s=%s purged=%d", timeout, left)
+        with self._lock:
+            failed, self._failed = self._failed, []
+        if left and not failed:
+            failed = [("(unknown)", f"{left} record(s) still queued after {timeout} s")]
+        if failed:
+            log.error("undelivered count=%d first_error=%s", len(failed), failed[0][1])
+            raise DeliveryError([key for key, _ in failed], [error for _, error in failed])
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush and stop taking records; raises like `flush`."""
+        self.closed = True
+        self.flush(timeout)
+
+
+def _on_error(error: KafkaError) -> None:
+    log.warning("kafka_error error=%s fatal=%s", error.str(), error.fatal())

@@ -1,0 +1,1 @@
+"""Reading the feedback aggregates (`feedback-stats`): the series, its table and its chart."""

@@ -1,0 +1,123 @@
+"""Everything the worker writes to Kafka leaves through one librdkafka producer.
+
+Outputs (`joined`, `unmatched`, `deadletter`, rerouted inputs) and the tables'
+changelog records all go through one `Outbox`: an idempotent confluent-kafka
+producer (acks=all, murmur2 like Java clients and the SDK). One producer keeps, per
+key, the order in which rows were written to RocksDB and in which records were
+emitted. It is written in C and batches in its own thread: handing it a record costs
+a few microseconds, where faust's producer path (its buffer, then aiokafka's
+Python batch builder and response parsing) cost most of the worker's time per input.
+
+The safety rule (see `streams.worker.app`): before faust commits input offsets, `flush()`
+waits until Kafka has every record handed to the outbox so far. A delivery that
+fails for good (after librdkafka's own retries) is not skipped over: `flush()` and
+`drain()` raise, and the worker stops before the commit, so the inputs are read
+again after a restart.
+
+Changelog records also move faust's bookkeeping on: the offset of the last changelog
+record Kafka took, per partition, is what faust keeps in each RocksDB database as the
+"persisted offset" (`Store.set_persisted_offset`), so that a restart on the same data
+directory reads only the changelog written after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+# (changelog topic, partition) -> the offset of its last record Kafka has taken.
+Offsets = dict[tuple[str, int], int]
+
+
+class DeliveryFailed(RuntimeError):
+    """Kafka did not take a record after the producer's retries: the batch must not be acked."""
+
+
+class Outbox:
+    """One idempotent producer for every record the worker writes; see the module docstring."""
+
+    def __init__(self, bootstrap_servers: str, changelogs: set[str] | None = None) -> None:
+        self.changelogs: set[str] = changelogs if changelogs is not None else set()
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "compression.type": "lz4",
+                "linger.ms": 2,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "error_cb": self._on_error,
+            }
+        )
+        self.failures: list[str] = []
+        self.persisted: Offsets = {}
+        self._on_delivery: Callable[[KafkaError | None, Message], None] = self._delivered
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Queue one record (value None: a tombstone); `drain()` waits until Kafka has it."""
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # the local queue is full: let deliveries make room
+                self.producer.poll(0.05)
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        # Runs in whichever thread serves the producer (drain's executor thread).
+        topic = message.topic() or ""
+        if error is not None:
+            self.failures.append(f"{topic}[{message.partition()}]: {error}")
+        elif topic in self.changelogs:
+            self.persisted[(topic, message.partition() or 0)] = message.offset() or 0
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.failures.append(f"fatal producer error: {error}")
+        log.warning("producer_error error=%s", error)
+
+    async def drain(self) -> Offsets:
+        """Wait until Kafka has every record sent so far; return and forget the changelog offsets.
+
+        The waiting happens in a thread, so the event loop goes on meanwhile. Raises
+        `DeliveryFailed` when a record could not be delivered.
+        """
+        loop = asyncio.get_running_loop()
+        self.producer.poll(0)  # cheap: serve the deliveries that are already in
+        while len(self.producer):
+            await loop.run_in_executor(None, self.producer.flush, 0.5)
+        return self._delivered_offsets()
+
+    def flush(self) -> Offsets:
+        """As `drain`, blocking the caller: for faust's commit, which must not go on before."""
+        while len(self.producer):
+            self.producer.flush(0.5)
+        self.producer.poll(0)
+        return self._delivered_offsets()
+
+    def _delivered_offsets(self) -> Offsets:
+        if self.failures:  # kept: every later call fails too, the worker must stop
+            raise DeliveryFailed("; ".join(self.failures[:10]))
+        offsets, self.persisted = self.persisted, {}
+        return offsets

@@ -1,0 +1,97 @@
+"""Kill a worker with SIGKILL mid-stream: no joined record is lost, a repeat carries the same id."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    AFTER_CRASH_TIMEOUT,
+    RawProducer,
+    Start,
+    all_joined,
+    assert_joined_once_by_id,
+    feedback,
+    prediction,
+    read_topic,
+    stats_totals,
+    wait_until_equal,
+)
+
+pytestmark = pytest.mark.chaos
+
+
+def produce_stream(
+    producer: RawProducer, keys: list[str], seconds: float
+) -> list[dict[str, object]]:
+    """Predictions then feedback for each key, spread over `seconds`."""
+    events = []
+    pause = seconds / len(keys)
+    for key in keys:
+        producer.send("predictions", prediction("loans", key))
+        events.append(fb := feedback("loans", key, {"thumbs_up": len(key) % 2 == 0}))
+        producer.send("feedback", fb)
+        producer.producer.poll(0)
+        time.sleep(pause)
+    producer.flush()
+    return events
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "lose_local_state"),
+    [("at_least_once", False), ("at_least_once", True), ("exactly_once", False)],
+    ids=["same-data-dir", "rebuilt-from-changelog", "exactly-once"],
+)
+def test_sigkill_mid_stream_loses_no_joined_record(
+    workers: Start,
+    producer: RawProducer,
+    bootstrap: str,
+    topic_prefix: str,
+    env: dict[str, str],
+    guarantee: str,
+    lose_local_state: bool,
+) -> None:
+    """Invariant: each feedback for a live prediction is in joined, by id; repeats are identical."""
+    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee)
+    keys = [f"c{i}" for i in range(600)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 6.0)))
+    sender.start()
+    time.sleep(2.5)
+    worker.kill()
+    if lose_local_state:
+        shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
+    sender.join()
+    worker.start()
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=2.0,
+        until=all_joined(events),
+    )
+    assert_joined_once_by_id(out, events)
+    if not lose_local_state:
+        # Known gap (README, Feedback analysis): on its own data directory faust restores
+        # the changelog's tail over newer local writes, which can leave an aggregate short
+        # of the inputs whose share records had not reached Kafka. Exact when rebuilt.
+        return
+    # However often an input was read again, each prediction counts once in the aggregates.
+    thumbs = [bool(event["feedback"]["thumbs_up"]) for event in events]  # type: ignore[index]
+    topic = topic_prefix + "feedback-stats"
+
+    def thumbs_up_totals() -> list[Any]:
+        summed = [0, 0, 0, 0, 0]
+        for (_, _, field, _), share in stats_totals(bootstrap, topic).items():
+            if field == "thumbs_up":
+                summed = [a + b for a, b in zip(summed, share, strict=True)]
+        return summed
+
+    expected = [len(thumbs), sum(thumbs), len(thumbs) - sum(thumbs), 0, 0]
+    wait_until_equal(thumbs_up_totals, expected, timeout=60)
+    print(f"{guarantee}: {len(out) - len({r.value['id'] for r in out})} repeated joined records")
