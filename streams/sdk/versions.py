@@ -44,6 +44,11 @@ from streams.topics import VERSIONS, create_topics, topic_specs
 log = logging.getLogger(__name__)
 
 PARTITION = 0  # the topic's only partition
+_NOT_READY = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 LATEST = "latest"
 _ENV = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # The same placeholders `streams.fill_prompt` fills.
@@ -235,8 +240,11 @@ class VersionStore:
 
     def _append(self, key: list[str], record: Record, field_name: str) -> int:
         """Write one record to the partition; return its offset once the broker has it."""
+        try:
+            value = dumps(record)
+        except orjson.JSONEncodeError as error:
+            raise LogTypeError(field_name, f"JSON cannot hold it ({error})") from None
         validate(record["schema"].split("/")[0], record)
-        value = dumps(record)
         if len(value) > self.settings.max_record_bytes:
             raise LogError(
                 field_name,
@@ -278,13 +286,12 @@ class VersionStore:
             }
         )
         try:
-            partition = TopicPartition(self.topic, PARTITION)
-            low, high = consumer.get_watermark_offsets(partition, timeout=self.timeout)
+            deadline = time.monotonic() + self.timeout
+            low, high = self._watermarks(consumer, deadline)
             end = high if until is None else until + 1
             if end <= low:
                 return
             consumer.assign([TopicPartition(self.topic, PARTITION, low)])
-            deadline = time.monotonic() + self.timeout
             while True:
                 if time.monotonic() > deadline:
                     raise StreamsError(f"{self.topic}: not read up to offset {end} in time")
@@ -305,6 +312,18 @@ class VersionStore:
                         return
         finally:
             consumer.close()
+
+    def _watermarks(self, consumer: Consumer, deadline: float) -> tuple[int, int]:
+        # Right after the topic is created its leader may not be known yet: retry.
+        partition = TopicPartition(self.topic, PARTITION)
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(partition, timeout=self.timeout)
+                return int(low), int(high)
+            except KafkaException as error:
+                if error.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                    raise StreamsError(f"{self.topic}: cannot read its offsets: {error}") from None
+                time.sleep(0.1)
 
 
 def _decode(value: bytes | str | None) -> Record | None:
