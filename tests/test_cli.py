@@ -112,5 +112,9 @@ def test_make_demo_runs_the_whole_job(bootstrap: str, tmp_path: Path) -> None:
     # The % positive series comes from the worker's aggregates, checked against `joined`.
     assert "feedback-stats agrees with the joined records" in result.stdout, result.stdout
     assert "--field approved_correct --every 1h --by-version" in result.stdout
+    # The completion application runs two released prompt versions, counted apart.
+    assert "support-bot versions: prod runs 1, test runs 2" in result.stdout
+    assert "('support-bot', 1)" in result.stdout
+    assert "('support-bot', 2)" in result.stdout
     assert (tmp_path / "positive-feedback.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "positive-feedback.png").stat().st_size > 1000
