@@ -74,8 +74,29 @@ def wait_healthy(port: int, worker: subprocess.Popen[bytes], timeout: float = 90
     raise SystemExit("demo: the worker did not become healthy")
 
 
-def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str, Any]:
-    """Log predictions and feedback the way applications do; return what was sent."""
+def release_versions(name: str) -> dict[str, streams.Version]:
+    """Two prompt versions of the completion application, released to prod and test."""
+    bot = streams.get_application(name)
+    bot.create_version("Answer briefly: {{question}}", "brief", "gpt-4o-mini", {"temperature": 0})
+    bot.create_version("Answer step by step: {{question}}", "stepwise", "gpt-4o-mini")
+    bot.release_version(1, "prod")
+    bot.release_version(2, "test")
+    running = {env: bot.get_version(env) for env in ("prod", "test")}
+    print(
+        f"demo: {name} versions: "
+        + ", ".join(f"{env} runs {v.version_number}" for env, v in running.items() if v)
+    )
+    return {env: version for env, version in running.items() if version is not None}
+
+
+def log_sample(
+    app_names: list[str], count: int, rng: random.Random, running: dict[str, streams.Version]
+) -> dict[str, Any]:
+    """Log predictions and feedback the way applications do; return what was sent.
+
+    The completion application picks the version prod or test runs (`running`) for
+    each request.
+    """
     sent: dict[str, Any] = {"predictions": 0, "feedback": 0, "early": 0, "unknown": 0, "late": []}
     loans = streams.get_application(app_names[0])
     bot = streams.get_application(app_names[1])
@@ -116,20 +137,9 @@ def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str
         version="v2",
     )
     sent["predictions"] += len(early_keys)
-    # The completion application runs two released prompt versions: prod and test.
-    bot.create_version("Answer briefly: {{question}}", "brief", "gpt-4o-mini", {"temperature": 0})
-    bot.create_version("Answer step by step: {{question}}", "stepwise", "gpt-4o-mini")
-    bot.release_version(1, "prod")
-    bot.release_version(2, "test")
-    running = {env: bot.get_version(env) for env in ("prod", "test")}
-    print(
-        f"demo: {SHORT_RETENTION_APP} versions: "
-        + ", ".join(f"{env} runs {v.version_number}" for env, v in running.items() if v)
-    )
     bot_keys, bot_versions = [], []
     for i in range(count // 5):
         chosen = running[rng.choice(["prod", "test"])]
-        assert chosen is not None  # released just above
         request = {
             "model": chosen.config["model"],
             "messages": [
@@ -303,8 +313,9 @@ def run(count: int, out_dir: Path) -> int:
         )
         streams.init(settings=settings)
         rng = random.Random(7)
+        running = release_versions(SHORT_RETENTION_APP)
         started = time.monotonic()
-        sent = log_sample(["loan-approval", SHORT_RETENTION_APP], count, rng)
+        sent = log_sample(["loan-approval", SHORT_RETENTION_APP], count, rng, running)
         malformed = send_malformed(settings)
         print(
             f"demo: logged {sent['predictions']} predictions, {sent['feedback']} feedback "

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException
 from test_sdk import NOW_MS, NOWHERE, RESPONSE, FakeProducer
+from test_sdk import no_global_client as no_global_client  # autouse here too
 
 import streams
 from streams.clock import ManualClock
-from streams.sdk import client as sdk
 from streams.sdk.client import Application, GantryKeywordWarning, fill_prompt
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, LogTypeError
@@ -36,16 +35,6 @@ def app(fake: FakeProducer) -> Application:
     client = Client(Settings(topic_prefix="p."), producer=fake, clock=ManualClock(NOW_MS))
     fake.client = client
     return Application(client, "chat")
-
-
-@pytest.fixture(autouse=True)
-def no_global_client() -> Iterator[None]:
-    yield
-    with sdk._client_lock:
-        client, sdk._client = sdk._client, None
-    if client is not None and not client.closed:
-        client.closed = True
-        client.producer.purge(in_queue=True, in_flight=True, blocking=True)
 
 
 # -- init -----------------------------------------------------------------------------
