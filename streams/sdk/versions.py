@@ -110,6 +110,15 @@ class Catalog:
         return sorted(env for env, vid in self.releases.items() if vid == version.version_id)
 
 
+def connection_config(settings: Settings) -> dict[str, Any]:
+    """The SDK producer's connection and security settings (`producer_config`), for a reader."""
+    return {
+        name: value
+        for name, value in producer_config(settings).items()
+        if name.startswith(("bootstrap.", "security.", "sasl.", "ssl."))
+    }
+
+
 def check_env(env: object) -> str:
     """Return `env` if it names an environment (`prod`, `test`, ...); else raise naming `env`."""
     if not isinstance(env, str):
@@ -278,7 +287,7 @@ class VersionStore:
         self._ensure_topic()
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.bootstrap_servers,
+                **connection_config(self.settings),
                 "group.id": f"streams-versions-{uuid.uuid4()}",  # reads only; commits nothing
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

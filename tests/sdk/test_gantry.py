@@ -17,7 +17,7 @@ from streams.clock import ManualClock
 from streams.sdk.client import Application, GantryKeywordWarning, fill_prompt
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, LogTypeError
-from streams.sdk.versions import Catalog, Version, check_env, prompt_inputs
+from streams.sdk.versions import Catalog, Version, check_env, connection_config, prompt_inputs
 from streams.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -257,3 +257,9 @@ def test_version_calls_name_the_bad_argument_before_reaching_kafka(call: Any, fi
     app = Application(Client(Settings(bootstrap_servers=NOWHERE)), "chat")
     with pytest.raises(LogError, match=f"^{field}: "):
         call(app)
+
+
+def test_the_versions_reader_connects_as_the_sdk_producer_does() -> None:
+    config = connection_config(Settings(bootstrap_servers="h:1"))
+    assert config["bootstrap.servers"] == "h:1"
+    assert not {"partitioner", "enable.idempotence", "linger.ms"} & set(config)
