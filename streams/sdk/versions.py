@@ -12,7 +12,8 @@ everything written to it. Two kinds of records (`schemas/version.v1.json`,
 How a version gets its number, with the log as the only arbiter: `create` appends the
 version record (acks=all) and learns its offset from the delivery report; then it reads
 the partition from the start up to that offset. The number is 1 + the count of the
-application's versions at lower offsets. Every reader counts the same way, so all
+application's distinct versions (by version_id: a retried write counts once, at its
+first offset) at lower offsets. Every reader counts the same way, so all
 processes agree; two writers at the same moment get consecutive offsets and so
 different numbers; nothing is kept outside Kafka, so a restart loses nothing. Numbers
 never change because a version record is never deleted (no tombstone is ever written).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -140,6 +142,10 @@ class VersionStore:
         self.topic = settings.topic(VERSIONS)
         self.timeout = timeout
         self._topic_ready = False
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._delivered: list[Message[Any, Any]] = []
+        self._failed: list[KafkaError] = []
 
     def _ensure_topic(self) -> None:
         # A broker that auto-creates topics would make it with `delete` and its default
@@ -229,10 +235,14 @@ class VersionStore:
     def catalog(self, application: str, until: int | None = None) -> Catalog:
         """`application`'s versions and releases as the topic holds them (up to offset `until`)."""
         catalog = Catalog(application)
+        seen: set[str] = set()
         for record in self._read(until):
             if record.get("application") != application:
                 continue
             if record["schema"] == "version/v1":
+                if record["version_id"] in seen:  # a writer's retry: counts at its first offset
+                    continue
+                seen.add(record["version_id"])
                 catalog.versions.append(
                     Version(
                         config=record["config"],
@@ -261,26 +271,29 @@ class VersionStore:
                 f"STREAMS_MAX_RECORD_BYTES={self.settings.max_record_bytes}",
             )
         self._ensure_topic()
-        delivered: list[Message[Any, Any]] = []
-        failed: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, message: Message[Any, Any]) -> None:
-            (delivered.append(message) if error is None else failed.append(error))
-
-        config = producer_config(
-            self.settings, {"delivery.report.only.error": False, "linger.ms": 0}
-        )
-        producer = KafkaProducer({**config, "logger": log})
-        producer.produce(
-            self.topic, value, orjson.dumps(key), partition=PARTITION, on_delivery=on_delivery
-        )
-        left = producer.flush(self.timeout)
-        if failed or left or not delivered:
-            problem = failed[0].str() if failed else f"not delivered within {self.timeout} s"
-            raise StreamsError(f"{self.topic}: could not store {record['schema']}: {problem}")
-        offset = delivered[0].offset()
+        if self._producer is None:
+            # Kept: an idempotent producer's first write waits about 0.5 s for its id.
+            config = producer_config(
+                self.settings, {"delivery.report.only.error": False, "linger.ms": 0}
+            )
+            self._producer = KafkaProducer(
+                {**config, "on_delivery": self._on_delivery, "logger": log}
+            )
+        with self._lock:  # one write at a time: the delivery lists are the store's
+            delivered, failed = self._delivered, self._failed
+            delivered.clear()
+            failed.clear()
+            self._producer.produce(self.topic, value, orjson.dumps(key), partition=PARTITION)
+            left = self._producer.flush(self.timeout)
+            if failed or left or not delivered:
+                problem = failed[0].str() if failed else f"not delivered within {self.timeout} s"
+                raise StreamsError(f"{self.topic}: could not store {record['schema']}: {problem}")
+            offset = delivered[0].offset()
         assert offset is not None  # a delivered record has one
         return offset
+
+    def _on_delivery(self, error: KafkaError | None, message: Message[Any, Any]) -> None:
+        (self._delivered.append(message) if error is None else self._failed.append(error))
 
     def _read(self, until: int | None) -> Iterator[Record]:
         """The topic's records in log order, up to offset `until` or the end as of now."""
