@@ -238,6 +238,32 @@ class Application(VersionCalls):
             tags=merged,
         )
 
+    def log_llm_data(
+        self,
+        api_request: Row,
+        api_response: Row,
+        request_attributes: Row | None = None,
+        response_attributes: Row | None = None,
+        feedback: Row | None = None,
+        selected_choice_index: int | None = None,
+        session_id: str | uuid.UUID | None = None,
+        tags: Mapping[str, str] | None = None,
+        version: str | int | None = None,
+        vendor: str = "openai",
+    ) -> str:
+        """Gantry's later name for `log_completion`; `vendor` has no effect here."""
+        return self.log_completion(
+            api_request,
+            api_response,
+            request_attributes,
+            response_attributes,
+            feedback,
+            selected_choice_index,
+            session_id,
+            tags,
+            version,
+        )
+
 
 def _merge(target: dict[str, Any], attributes: Row | None, field: str, what: str) -> None:
     """Add `attributes` to `target` (inputs or outputs); a name already there raises naming it."""

@@ -172,6 +172,14 @@ def test_log_completion_takes_gantrys_keywords(app: Application, fake: FakeProdu
     assert (record["version"], record["feedback"]) == (2, {"thumbs_up": True})
 
 
+def test_log_llm_data_is_log_completion(app: Application, fake: FakeProducer) -> None:
+    key = app.log_llm_data(
+        api_request=REQUEST, api_response=RESPONSE, session_id="s1", version=1, vendor="openai"
+    )
+    ((_, _, record),) = fake.records()
+    assert (key, record["version"], record["tags"]) == (RESPONSE["id"], 1, {"session_id": "s1"})
+
+
 @pytest.mark.parametrize(
     ("keywords", "error", "field"),
     [
