@@ -242,27 +242,12 @@ class Application(VersionCalls):
         self,
         api_request: Row,
         api_response: Row,
-        request_attributes: Row | None = None,
-        response_attributes: Row | None = None,
-        feedback: Row | None = None,
-        selected_choice_index: int | None = None,
-        session_id: str | uuid.UUID | None = None,
-        tags: Mapping[str, str] | None = None,
-        version: str | int | None = None,
+        *args: Any,
         vendor: str = "openai",
+        **keywords: Any,
     ) -> str:
-        """Gantry's later name for `log_completion`; `vendor` has no effect here."""
-        return self.log_completion(
-            api_request,
-            api_response,
-            request_attributes,
-            response_attributes,
-            feedback,
-            selected_choice_index,
-            session_id,
-            tags,
-            version,
-        )
+        """Gantry's later name for `log_completion`, same arguments; `vendor` has no effect."""
+        return self.log_completion(api_request, api_response, *args, **keywords)
 
 
 def _merge(target: dict[str, Any], attributes: Row | None, field: str, what: str) -> None:

@@ -172,8 +172,8 @@ class VersionStore:
         if not isinstance(model, str) or not model:
             raise LogTypeError("model", "a model name (a non-empty str) is needed")
         params = dict(check_dict(model_params, "model_params")) if model_params else {}
-        if inputs is None:
-            names = prompt_inputs(prompt_template)
+        if inputs is None or (isinstance(inputs, list | tuple) and not inputs):
+            names = prompt_inputs(prompt_template)  # as Gantry's: none given, found
         elif isinstance(inputs, list | tuple) and all(isinstance(n, str) and n for n in inputs):
             names = list(inputs)
         else:
