@@ -12,8 +12,9 @@ everything written to it. Two kinds of records (`schemas/version.v1.json`,
 How a version gets its number, with the log as the only arbiter: `create` appends the
 version record (acks=all) and learns its offset from the delivery report; then it reads
 the partition from the start up to that offset. The number is 1 + the count of the
-application's distinct versions (by version_id: a retried write counts once, at its
-first offset) at lower offsets. Every reader counts the same way, so all
+application's distinct versions at lower offsets (by version_id: the producer is
+idempotent, so a retry does not write a record twice; should a copy appear anyway, it
+counts once). Every reader counts the same way, so all
 processes agree; two writers at the same moment get consecutive offsets and so
 different numbers; nothing is kept outside Kafka, so a restart loses nothing. Numbers
 never change because a version record is never deleted (no tombstone is ever written).
@@ -240,7 +241,7 @@ class VersionStore:
             if record.get("application") != application:
                 continue
             if record["schema"] == "version/v1":
-                if record["version_id"] in seen:  # a writer's retry: counts at its first offset
+                if record["version_id"] in seen:  # a copy of one already counted
                     continue
                 seen.add(record["version_id"])
                 catalog.versions.append(
