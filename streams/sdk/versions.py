@@ -16,9 +16,10 @@ application's distinct versions at lower offsets (by version_id: the producer is
 idempotent, so a retry does not write a record twice; should a copy appear anyway, it
 counts once). Every reader counts the same way, so all processes agree; two writers
 at the same moment get different offsets and so different numbers; nothing is kept
-outside Kafka, so a restart loses nothing. Numbers never change because a version record is never deleted (no tombstone is ever written).
-A `create` that fails after the broker stored the record still takes its number, so a
-number may be skipped by its caller but is never reused.
+outside Kafka, so a restart loses nothing. Numbers never change because a version
+record is never deleted (no tombstone is ever written). A `create` that fails after the
+broker stored the record still takes its number, so a number may be skipped by its
+caller but is never reused.
 """
 
 from __future__ import annotations
