@@ -1,4 +1,4 @@
-"""The `streams` command: worker, topics create, tail, stats."""
+"""The `streams` command: worker, topics create, tail, stats, versions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import orjson
 from streams.errors import ConfigError, StreamsError
 from streams.settings import Settings, parse_duration
 from streams.topics import DEADLETTER, FEEDBACK_STATS, JOINED, UNMATCHED
+from streams.versions_cli import add_parser as add_versions_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the broker (default 30)"
     )
+    add_versions_parser(commands)
     return parser
 
 
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tail(settings, args.topic, args.from_beginning, args.max, args.timeout)
         if args.command == "stats":
             return _stats(settings, args)
+        if args.command == "versions":
+            from streams.versions_cli import run as run_versions
+
+            return run_versions(settings, args)
     except StreamsError as error:
         print(f"streams: {error}", file=sys.stderr)
         return 1

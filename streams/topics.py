@@ -22,6 +22,7 @@ JOINED = "joined"
 UNMATCHED = "unmatched"
 DEADLETTER = "deadletter"
 FEEDBACK_STATS = "feedback-stats"
+VERSIONS = "versions"
 INPUTS = (PREDICTIONS, FEEDBACK)
 OUTPUTS = (JOINED, UNMATCHED, DEADLETTER)
 
@@ -62,6 +63,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # Aggregates: only the latest value per key matters (CONTRACT.md section 8).
     stats = {"cleanup.policy": "compact"}
     specs.append(TopicSpec(settings.topic(FEEDBACK_STATS), settings.partitions, stats))
+    # Prompt versions and releases (streams.sdk.versions): one partition, so the log's
+    # order numbers the versions; compaction keeps every version (a key each) and the
+    # latest release per environment.
+    specs.append(TopicSpec(settings.topic(VERSIONS), 1, {"cleanup.policy": "compact"}))
     return specs
 
 

@@ -29,7 +29,7 @@ CORE = {
     "streams.topics",
     "streams.kafka_ping",
 }
-TOP = {"streams", "streams.cli", "streams.demo"}
+TOP = {"streams", "streams.cli", "streams.versions_cli", "streams.demo"}
 # The codec, the settings and the join rules know nothing of the runtime or the clients.
 PURE = {
     "streams.records",
