@@ -25,6 +25,8 @@ from confluent_kafka import KafkaError, KafkaException
 from streams.errors import StreamsError
 from streams.settings import Settings
 
+METADATA_SLICE_SECONDS = 0.25
+
 
 class AuthenticationFailed(StreamsError):
     """The broker refused our credentials, or TLS with it failed: retrying will not help."""
@@ -70,10 +72,34 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class RedactSaslExchange(logging.Filter):
+    """Hides the SASL messages aiokafka logs at DEBUG: PLAIN's carries the password as is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace every SaslAuthenticate request or response among the record's arguments."""
+        if isinstance(record.args, tuple) and any(
+            type(arg).__name__.startswith("SaslAuthenticate") for arg in record.args
+        ):
+            record.args = tuple(
+                f"<{type(arg).__name__} redacted>"
+                if type(arg).__name__.startswith("SaslAuthenticate")
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+_REDACT = RedactSaslExchange()
+
+
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
-    """`broker` and `broker_credentials` for `faust.App(...)`, from the same settings."""
+    """`broker` and `broker_credentials` for `faust.App(...)`, from the same settings.
+
+    Also keeps aiokafka's DEBUG log of each request from showing the SASL exchange.
+    """
     from faust.auth import SASLCredentials, SSLCredentials  # only the worker needs faust
 
+    logging.getLogger("aiokafka.conn").addFilter(_REDACT)  # adding it twice adds it once
     s = settings.security
     options: dict[str, Any] = {
         "broker": [f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")]
@@ -141,13 +167,15 @@ def list_topics(client: MetadataClient, timeout: float, topic: str | None = None
     """The cluster's metadata; raises `AuthenticationFailed` within a second of a refused login.
 
     A metadata request does not serve the error callback (`error_callback`), and
-    librdkafka would retry a refused login until `timeout`: ask in one-second slices
-    and serve the callbacks in between.
+    librdkafka would retry a refused login until `timeout` (a failed TLS handshake
+    about 20 times a second, each logged): ask in short slices and serve the callbacks
+    in between. The connection carries on across slices, so a slow cluster only takes
+    more of them.
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            wait = max(0.1, min(1.0, deadline - time.monotonic()))
+            wait = max(0.05, min(METADATA_SLICE_SECONDS, deadline - time.monotonic()))
             return client.list_topics(topic, timeout=wait)
         except KafkaException as error:
             if error.args[0].code() not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
