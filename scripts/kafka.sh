@@ -4,6 +4,7 @@
 #   scripts/kafka.sh up     fetch the jars once, format storage once, start, wait until it answers
 #   scripts/kafka.sh down   stop the broker this script started; no process is left behind
 #   scripts/kafka.sh status
+#   scripts/kafka.sh compose-secrets [DIR]   CA, certificates, passwords for docker-compose.secure.yml
 #
 # State lives under .kafka/ (git-ignored): jars/, data/, logs/, broker.pid.
 # `up` is a no-op when a broker already answers at KAFKA_ADDRESS (default localhost:9092).
@@ -55,10 +56,10 @@ write_config() {
   if [ "$secure" = 1 ]; then write_secure_config; fi
 }
 
-# A CA, the broker's certificate (localhost, 127.0.0.1), a client certificate with an
+# A CA, the broker's certificate (localhost, kafka, 127.0.0.1), a client certificate with an
 # encrypted key, and random passwords; made once, kept readable by this user only.
 make_secrets() {
-  local dir="$state/secure"
+  local dir="${1:-$state/secure}"
   [ -f "$dir/.complete" ] && return
   echo "kafka: making a CA, certificates and passwords in $dir (once)"
   rm -rf "$dir"
@@ -81,7 +82,7 @@ make_secrets() {
       openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
         -extfile "$name.ext" -out "$name.pem" 2>/dev/null
     }
-    sign broker /CN=localhost "subjectAltName=DNS:localhost,IP:127.0.0.1
+    sign broker /CN=localhost "subjectAltName=DNS:localhost,DNS:kafka,IP:127.0.0.1
 extendedKeyUsage=serverAuth" -nodes
     sign client /CN=streams-client "extendedKeyUsage=clientAuth" -passout file:key-password
     # The broker reads its key and certificate from one PEM file (PKCS#8 key first).
@@ -115,6 +116,28 @@ write_secure_config() {
     echo "listener.name.ssl.ssl.client.auth=required"
   } >>"$state/server.properties"
   chmod 600 "$state/server.properties"
+}
+
+# What docker-compose.secure.yml mounts as secrets: the CA and passwords above, plus the
+# broker's JAAS file (SASL PLAIN users) and a client config for its healthcheck. The
+# containers run as their own users: the files are readable, the directory is not.
+compose_secrets() {
+  local dir="$1" password
+  make_secrets "$dir"
+  password="$(cat "$dir/sasl-password")"
+  printf 'KafkaServer {\n  org.apache.kafka.common.security.plain.PlainLoginModule required\n  username="%s" password="%s" user_%s="%s";\n};\n' \
+    "$sasl_user" "$password" "$sasl_user" "$password" >"$dir/kafka_server_jaas.conf"
+  {
+    echo "security.protocol=SASL_SSL"
+    echo "sasl.mechanism=PLAIN"
+    echo "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$sasl_user\" password=\"$password\";"
+    echo "ssl.truststore.type=PEM"
+    echo "ssl.truststore.location=/run/secrets/kafka_ca"
+  } >"$dir/client.properties"
+  chmod 700 "$dir"
+  chmod 644 "$dir"/*
+  chmod 600 "$dir"/ca.key "$dir"/broker.key "$dir"/client.key  # never mounted
+  echo "kafka: secrets for docker-compose.secure.yml in $dir (user $sasl_user)"
 }
 
 # The SCRAM users exist from the start: StorageTool writes them into the metadata log.
@@ -211,5 +234,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  compose-secrets) compose_secrets "${2:-$root/secrets}" ;;
+  *) echo "usage: $0 up|down|status|compose-secrets [DIR]" >&2; exit 2 ;;
 esac
