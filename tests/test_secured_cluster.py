@@ -319,6 +319,10 @@ def test_a_refused_client_stops_within_seconds_with_a_clear_message(
             streams.flush(timeout=60)
         assert time.monotonic() - started < FAIL_FAST_SECONDS
         assert refusal.expected in str(raised.value)
+        # Then quiet: the SDK let go of its producer instead of letting it retry forever.
+        logged = len(caplog.records)
+        time.sleep(2)
+        assert caplog.records[logged:] == [], [r.getMessage() for r in caplog.records[logged:]]
     finally:
         streams.close(timeout=1)
     outputs["sdk"] = str(raised.value) + "\n".join(r.getMessage() for r in caplog.records)

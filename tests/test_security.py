@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,15 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import AuthProtocol
 
 import streams
-from streams.errors import ConfigError
+from streams.errors import ConfigError, DeliveryError
 from streams.kafka_config import (
+    AuthenticationFailed,
     auth_failure,
     faust_broker_options,
     librdkafka_config,
     ssl_context,
 )
+from streams.sdk.producer import Client
 from streams.security import Secret
 from streams.settings import Settings
 
@@ -264,3 +267,42 @@ def test_refused_logins_and_failed_tls_are_told_apart_from_other_errors() -> Non
     assert "STREAMS_SSL_CA_LOCATION" in str(tls)
     assert auth_failure(settings, KafkaError(KafkaError._TRANSPORT, "Connection refused")) is None
     assert auth_failure(settings, KafkaError(KafkaError._ALL_BROKERS_DOWN)) is None
+
+
+class QueuedForever:
+    """A producer whose records never leave (a broker that refuses the login)."""
+
+    purged = False
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        return None
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.05))
+        return 0 if self.purged else 1
+
+    def purge(self, in_queue: bool, in_flight: bool, blocking: bool) -> None:
+        self.purged = True
+
+    def __len__(self) -> int:
+        return 0 if self.purged else 1
+
+
+def test_a_refused_login_ends_the_sdk_flush_at_once_and_lets_the_producer_go() -> None:
+    settings = Settings.from_env(sasl_env())
+    stuck = QueuedForever()
+    client = Client(settings, producer=stuck)
+    client.send("prediction", [b"k"], [b"{}"])
+    client.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error"))
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="refused the login") as raised:
+        client.flush(timeout=30)
+    assert time.monotonic() - started < 5
+    assert PASSWORD not in str(raised.value)
+    assert stuck.purged
+    assert client.producer is not stuck  # librdkafka would retry (and log) forever
+    with pytest.raises(AuthenticationFailed):
+        client.send("prediction", [b"k"], [b"{}"])

@@ -146,6 +146,9 @@ class Client:
             self.producer.flush(1.0)  # serves the purged records' delivery reports
             with self._lock:
                 self._failed = [(key, str(self.auth_failed)) for key, _ in self._failed]
+            # Let go of the producer: librdkafka would go on retrying, and logging, forever.
+            self.closed = True
+            self.producer = _Stopped()
         elif left:
             self.producer.purge(in_queue=True, in_flight=True, blocking=True)
             self.producer.flush(5.0)  # serves the purged records' delivery reports
@@ -153,7 +156,8 @@ class Client:
         with self._lock:
             failed, self._failed = self._failed, []
         if left and not failed:
-            failed = [("(unknown)", f"{left} record(s) still queued after {timeout} s")]
+            why = self.auth_failed or f"{left} record(s) still queued after {timeout} s"
+            failed = [("(unknown)", str(why))]
         if failed:
             log.error("undelivered count=%d first_error=%s", len(failed), failed[0][1])
             raise DeliveryError([key for key, _ in failed], [error for _, error in failed])
@@ -162,3 +166,22 @@ class Client:
         """Flush and stop taking records; raises like `flush`."""
         self.closed = True
         self.flush(timeout)
+
+
+class _Stopped:
+    """Stands in for a producer let go of after a refused login: holds and sends nothing."""
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        raise StreamsError("this SDK client stopped: the broker refused it")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def purge(self, in_queue: bool, in_flight: bool, blocking: bool) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return 0
