@@ -139,6 +139,19 @@ def security_from_env(env: Mapping[str, str]) -> Security:
     return security
 
 
+def _refuse_unused(
+    settings: Mapping[str, object], protocol: str, feature: str, instead: str
+) -> None:
+    # Set but unused is a mistake: credentials the user thinks are sent, and are not.
+    for name, value in settings.items():
+        if value is not None:
+            raise ConfigError(
+                name,
+                f"is set but STREAMS_SECURITY_PROTOCOL={protocol} does not use {feature} "
+                f"(use {instead})",
+            )
+
+
 def _check_combination(s: Security) -> None:
     sasl = {
         "STREAMS_SASL_MECHANISM": s.sasl_mechanism,
@@ -151,13 +164,7 @@ def _check_combination(s: Security) -> None:
                 also = " (or STREAMS_SASL_PASSWORD_FILE)" if name.endswith("PASSWORD") else ""
                 raise ConfigError(name, f"needed{also} with STREAMS_SECURITY_PROTOCOL={s.protocol}")
     else:
-        for name, value in sasl.items():
-            if value is not None:
-                raise ConfigError(
-                    name,
-                    f"is set but STREAMS_SECURITY_PROTOCOL={s.protocol} does not use SASL "
-                    "(use SASL_SSL or SASL_PLAINTEXT)",
-                )
+        _refuse_unused(sasl, s.protocol, "SASL", "SASL_SSL or SASL_PLAINTEXT")
     tls: dict[str, Path | Secret | None] = {
         "STREAMS_SSL_CA_LOCATION": s.ssl_ca_location,
         "STREAMS_SSL_CERTIFICATE_LOCATION": s.ssl_certificate_location,
@@ -165,13 +172,7 @@ def _check_combination(s: Security) -> None:
         "STREAMS_SSL_KEY_PASSWORD": s.ssl_key_password,
     }
     if not s.uses_tls:
-        for name, given in tls.items():
-            if given is not None:
-                raise ConfigError(
-                    name,
-                    f"is set but STREAMS_SECURITY_PROTOCOL={s.protocol} does not use TLS "
-                    "(use SSL or SASL_SSL)",
-                )
+        _refuse_unused(tls, s.protocol, "TLS", "SSL or SASL_SSL")
     if (s.ssl_certificate_location is None) != (s.ssl_key_location is None):
         missing = (
             "STREAMS_SSL_KEY_LOCATION"

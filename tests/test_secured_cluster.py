@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 from harness import WorkerProcess
+from test_cli import streams_cli
 from test_security import make_ca
 
 import streams
@@ -148,13 +148,7 @@ def run_env(tmp_path: Path) -> dict[str, str]:
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`streams ARGS` as a user runs it, the settings in its environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return streams_cli(*args, env=env, timeout=timeout)
 
 
 def process_list() -> str:
