@@ -285,12 +285,18 @@ def test_a_refused_client_stops_within_seconds_with_a_clear_message(
     caplog: pytest.LogCaptureFixture,
     case: str,
 ) -> None:
-    """Worker, tail, topics create and the SDK each stop with one clear message, not retries."""
+    """Worker, tail, topics create, stats and the SDK stop with a clear message, not retries."""
     refusal = refusals(secure_broker, tmp_path)[case]
     env = {**run_env, **secure_broker.env(refusal.listener), **refusal.override}
     wrong_secret = Path(env.get("STREAMS_SASL_PASSWORD_FILE", "/dev/null")).read_text()
     outputs: dict[str, str] = {}
-    for command in (["worker"], ["tail", "joined", "--timeout", "120"], ["topics", "create"]):
+    commands = (
+        ["worker"],
+        ["tail", "joined", "--timeout", "120"],
+        ["topics", "create"],
+        ["stats", "--application", "a", "--field", "f", "--timeout", "120"],
+    )
+    for command in commands:
         started = time.monotonic()
         result = cli(env, *command, timeout=120)
         took = time.monotonic() - started
