@@ -180,7 +180,7 @@ def test_every_client_works_over_a_secured_listener_and_no_output_holds_a_secret
     listener: str,
     mechanism: str,
 ) -> None:
-    """The SDK logs, the worker joins, tail/stats read; the secrets appear in no output."""
+    """The SDK logs, the worker joins, tail/stats/versions read; no output holds a secret."""
     caplog.set_level(logging.DEBUG)
     env = {**run_env, **secure_broker.env(listener, mechanism), "STREAMS_LOG_LEVEL": "DEBUG"}
     secrets = [secure_broker.password, secure_broker.key_password]
@@ -222,7 +222,14 @@ def test_every_client_works_over_a_secured_listener_and_no_output_holds_a_secret
         assert orjson.loads(dead.stdout)["reason"] == "invalid_json"
         stats = cli(env, "stats", "--application", "secured", "--field", "thumbs_up")
         assert stats.returncode == 0, stats.stderr
+        version = ["--application", "secured"]
+        created = cli(env, "versions", "create", *version, "--prompt", "Hi {{n}}", "--model", "m")
+        assert created.returncode == 0, created.stderr
+        listed = cli(env, "versions", "list", *version, "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        assert "Hi {{n}}" in listed.stdout
         outputs |= {
+            "versions": created.stdout + created.stderr + listed.stdout + listed.stderr,
             "tail joined": joined.stdout + joined.stderr,
             "tail deadletter": dead.stdout + dead.stderr,
             "stats": stats.stdout + stats.stderr,
