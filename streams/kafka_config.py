@@ -9,7 +9,12 @@ tuning on top, never connection or security settings.
 librdkafka retries a refused login or a failed TLS handshake forever, logging each
 attempt. `auth_failure(error)` recognises those errors so clients can stop at once
 with `AuthenticationFailed`, whose message names the settings to check and never
-holds a secret.
+holds a secret. A new librdkafka client is built as
+
+    Consumer({**librdkafka_config(settings), "error_cb": error_callback(settings, log), ...})
+
+so that poll/consume/flush raise `AuthenticationFailed`; ask for metadata with
+`list_topics(client, timeout)`, which a refused login cannot keep waiting.
 """
 
 from __future__ import annotations
