@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Producer
 
 import streams
+from streams.kafka_config import librdkafka_config
 from streams.kafka_ping import answers
 from streams.sdk.consumer import read_topic
 from streams.settings import Settings, format_duration
@@ -197,9 +198,7 @@ def log_sample(
 
 def send_malformed(settings: Settings) -> int:
     """A few records no SDK would write, from a plain Kafka client."""
-    producer = Producer(
-        {"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random"}
-    )
+    producer = Producer({**librdkafka_config(settings), "partitioner": "murmur2_random"})
     topic = settings.topic("feedback")
     bad: list[tuple[bytes | None, bytes]] = [
         (b"k1", b"{this is not json"),
@@ -279,7 +278,9 @@ def run(count: int, out_dir: Path) -> int:
     """The demo itself; returns an exit status."""
     servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
     started_broker = False
-    if not broker_answers(servers):
+    # A secured cluster is the user's own: the demo starts only the local plain broker.
+    secured = Settings.from_env().security.protocol != "PLAINTEXT"
+    if not secured and not broker_answers(servers):
         print(f"demo: no broker at {servers}; starting the local one (make kafka-up)")
         subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True)
         started_broker = True
@@ -346,7 +347,7 @@ def run(count: int, out_dir: Path) -> int:
         worker.wait(60)
         log_file.close()
         streams.close()
-        deleted = delete_topics(servers, (f"demo-{run_id}",))
+        deleted = delete_topics(settings, (f"demo-{run_id}",))
         print(f"demo: deleted its {len(deleted)} topics")
         if started_broker:
             subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "down"], check=False)

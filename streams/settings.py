@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from streams.errors import ConfigError
+from streams.security import Security, security_from_env
 
 MAX_RETENTION = timedelta(days=90)
 # How long feedback for an already swept prediction still reports `expired`.
@@ -67,6 +68,12 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _web_host(host: str) -> str:
+    if any(c.isspace() or c in "/@" for c in host):
+        raise ConfigError("STREAMS_WEB_HOST", f"{host!r} is not a host name or address")
+    return host
+
+
 def _by_application(raw: str, variable: str) -> dict[str, timedelta]:
     result: dict[str, timedelta] = {}
     for item in (part.strip() for part in raw.split(",")):
@@ -95,10 +102,13 @@ class Settings:
     pending_ttl: timedelta = timedelta(days=1)
     data_dir: Path = Path("./streams-data")
     web_port: int = 6066
+    # Loopback unless told: the pages are for the operator, not for the network.
+    web_host: str = "127.0.0.1"
     max_record_bytes: int = 1_000_000
     processing_guarantee: str = "at_least_once"
     # The contract promises at least a day; shorter is for tests of the forgetting itself.
     expired_memory: timedelta = EXPIRED_MEMORY
+    security: Security = field(default_factory=Security)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,11 +168,13 @@ class Settings:
             pending_ttl=pending_ttl,
             data_dir=data_dir,
             web_port=_int(env, "STREAMS_WEB_PORT", defaults.web_port, 1, 65_535),
+            web_host=_web_host(text("STREAMS_WEB_HOST", defaults.web_host)),
             max_record_bytes=_int(
                 env, "STREAMS_MAX_RECORD_BYTES", defaults.max_record_bytes, 1024, 100_000_000
             ),
             processing_guarantee=guarantee,
             expired_memory=expired_memory,
+            security=security_from_env(env),
         )
 
     def retention_for(self, application: str) -> timedelta:

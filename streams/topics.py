@@ -6,12 +6,14 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # the admin module does not re-export it for mypy
 
 from streams.errors import StreamsError
+from streams.kafka_config import error_callback, librdkafka_config, list_topics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,17 +73,21 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def admin(settings: Settings) -> AdminClient:
-    """An admin client for the configured cluster."""
-    return AdminClient(
-        {"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 10_000}
-    )
+    """An admin client for the configured cluster; a refused login raises `AuthenticationFailed`."""
+    config: dict[str, Any] = {
+        **librdkafka_config(settings),
+        "socket.timeout.ms": 10_000,
+        "error_cb": error_callback(settings, log),
+        "logger": log,
+    }
+    return AdminClient(config)
 
 
 def partition_counts(
     client: AdminClient, names: list[str], timeout: float = 10.0
 ) -> dict[str, int]:
     """Partition count of each existing topic among `names` (missing ones are left out)."""
-    metadata = client.list_topics(timeout=timeout)
+    metadata = list_topics(client, timeout)
     return {
         name: len(metadata.topics[name].partitions)
         for name in names
@@ -151,14 +157,14 @@ def check_copartitioned(settings: Settings, timeout: float = 10.0) -> int:
     return predictions
 
 
-def delete_topics(servers: str, prefixes: tuple[str, ...]) -> list[str]:
+def delete_topics(settings: Settings, prefixes: tuple[str, ...]) -> list[str]:
     """Delete every topic whose name starts with one of `prefixes`; return their names.
 
     For throwaway runs (the demo, tests): their inputs, outputs and the changelogs
     named after their app id. Best effort: a topic already gone is not an error.
     """
-    client = AdminClient({"bootstrap.servers": servers})
-    names = [n for n in client.list_topics(timeout=10).topics if n.startswith(prefixes)]
+    client = admin(settings)
+    names = [n for n in list_topics(client, 10).topics if n.startswith(prefixes)]
     for future in (client.delete_topics(names, operation_timeout=30) if names else {}).values():
         try:
             future.result(timeout=30)

@@ -32,6 +32,8 @@ from streams.errors import DeliveryError, StreamsError
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, LogTypeError, build_batch
 from streams.sdk.versions import PLACEHOLDER, VersionCalls, VersionStore
+from streams.security import VARIABLES as SECURITY_VARIABLES
+from streams.security import security_from_env
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -294,6 +296,15 @@ def init(
     *,
     settings: Settings | None = None,
     logging_level: str | int | None = None,
+    security_protocol: str | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password: str | None = None,
+    sasl_password_file: str | None = None,
+    ssl_ca_location: str | None = None,
+    ssl_certificate_location: str | None = None,
+    ssl_key_location: str | None = None,
+    ssl_key_password: str | None = None,
     **producer_config: Any,
 ) -> Client:
     """Start the SDK for this process (like Gantry's `init`); call once, before logging.
@@ -303,7 +314,10 @@ def init(
     `settings`). `logging_level` (`"DEBUG"` ... `"CRITICAL"`) sets the level of the SDK's
     loggers (`streams`), as Gantry's did. Gantry's `api_key`, `environment` and
     `send_in_background` are accepted and ignored, with one `GantryKeywordWarning` that
-    says what to use instead. Other keywords are librdkafka settings (`linger_ms=20` or
+    says what to use instead. The security keywords stand for the variables of the same
+    name (`sasl_username` for STREAMS_SASL_USERNAME, ...) and replace the environment's
+    security settings (or those of `settings`) as a whole; a bad combination raises
+    `ConfigError` naming the variable. Other keywords are librdkafka settings (`linger_ms=20` or
     `**{"linger.ms": 20}`). A previous client is flushed and closed.
     """
     global _client
@@ -323,13 +337,19 @@ def init(
         if level not in _LEVELS and not (isinstance(level, int) and not isinstance(level, bool)):
             raise LogError("logging_level", f"{logging_level!r} is not one of {', '.join(_LEVELS)}")
         logging.getLogger("streams").setLevel(level)
-    if settings is None:
-        env = dict(os.environ)
-        if bootstrap_servers is not None:
-            env["STREAMS_BOOTSTRAP_SERVERS"] = bootstrap_servers
-        settings = Settings.from_env(env)
-    elif bootstrap_servers is not None:
-        settings = replace(settings, bootstrap_servers=bootstrap_servers)
+    given = {
+        "STREAMS_SECURITY_PROTOCOL": security_protocol,
+        "STREAMS_SASL_MECHANISM": sasl_mechanism,
+        "STREAMS_SASL_USERNAME": sasl_username,
+        "STREAMS_SASL_PASSWORD": sasl_password,
+        "STREAMS_SASL_PASSWORD_FILE": sasl_password_file,
+        "STREAMS_SSL_CA_LOCATION": ssl_ca_location,
+        "STREAMS_SSL_CERTIFICATE_LOCATION": ssl_certificate_location,
+        "STREAMS_SSL_KEY_LOCATION": ssl_key_location,
+        "STREAMS_SSL_KEY_PASSWORD": ssl_key_password,
+    }
+    security = {name: value for name, value in given.items() if value is not None}
+    settings = _init_settings(bootstrap_servers, settings, security)
     client = Client(settings, producer_config)
     with _client_lock:
         previous, _client = _client, client
@@ -337,13 +357,32 @@ def init(
             atexit.register(_flush_at_exit)
             _exit_hook.append(True)
     log.info(
-        "sdk_init bootstrap_servers=%s topic_prefix=%s",
+        "sdk_init bootstrap_servers=%s topic_prefix=%s security_protocol=%s",
         settings.bootstrap_servers,
         settings.topic_prefix,
+        settings.security.protocol,
     )
     if previous is not None and not previous.closed:
         previous.close()
     return client
+
+
+def _init_settings(
+    bootstrap_servers: str | None, settings: Settings | None, security: dict[str, str]
+) -> Settings:
+    """`init`'s settings: the environment's (or `settings`), then what the keywords change."""
+    if settings is None:
+        env = dict(os.environ)
+        if bootstrap_servers is not None:
+            env["STREAMS_BOOTSTRAP_SERVERS"] = bootstrap_servers
+        if security:
+            env = {k: v for k, v in env.items() if k not in SECURITY_VARIABLES} | security
+        return Settings.from_env(env)
+    if bootstrap_servers is not None:
+        settings = replace(settings, bootstrap_servers=bootstrap_servers)
+    if security:
+        settings = replace(settings, security=security_from_env(security))
+    return settings
 
 
 def _current() -> Client:

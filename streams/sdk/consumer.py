@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException
 
+from streams.kafka_config import error_callback, librdkafka_config
 from streams.records import Record
 from streams.settings import Settings
 from streams.topics import JOINED
@@ -36,6 +37,7 @@ def consume_joined(
 ) -> Generator[Record, None, None]:
     """Yield joined records (dicts, `joined/v1`) as the worker writes them.
 
+    A refused login or TLS handshake raises `AuthenticationFailed` within seconds.
     `group_id` names the consumer group: readers in one group share the partitions
     and resume where the group left off. `from_beginning` applies when the group has
     no committed offset yet (else only new records). `timeout` ends the iteration after
@@ -69,7 +71,9 @@ def read_topic(
     iteration after that many seconds without a record; None waits forever.
     """
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **librdkafka_config(settings),
+        # A refused login or TLS handshake raises AuthenticationFailed out of poll().
+        "error_cb": error_callback(settings, log),
         "group.id": group_id or f"streams-reader-{uuid.uuid4()}",
         "isolation.level": "read_committed",  # librdkafka's default; said out loud (TRAPS.md)
         "auto.offset.reset": "earliest" if from_beginning else "latest",

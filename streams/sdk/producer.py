@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from confluent_kafka import Producer as KafkaProducer
 
 from streams.clock import Clock, SystemClock
 from streams.errors import DeliveryError, StreamsError
+from streams.kafka_config import AuthenticationFailed, auth_failure, librdkafka_config
 from streams.sdk.records import FEEDBACK, PREDICTION
 from streams.settings import Settings
 from streams.topics import FEEDBACK as FEEDBACK_TOPIC
@@ -39,6 +41,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "delivery.report.only.error": True,  # a report per success would cost a Python call each
 }
+FLUSH_SLICE_SECONDS = 0.5
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
@@ -56,7 +59,7 @@ def producer_config(
     settings: Settings, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The confluent-kafka configuration: our defaults, then `overrides` (`a_b` means `a.b`)."""
-    config = {"bootstrap.servers": settings.bootstrap_servers, **PRODUCER_DEFAULTS}
+    config: dict[str, Any] = {**librdkafka_config(settings), **PRODUCER_DEFAULTS}
     # Room for the largest record we let through, plus the batch framing.
     config["message.max.bytes"] = max(1_000_000, settings.max_record_bytes + 65_536)
     for name, value in (overrides or {}).items():
@@ -84,9 +87,11 @@ class Client:
         }
         self._lock = threading.Lock()
         self._failed: list[tuple[str, str]] = []
+        # Set when the broker refused the login or TLS failed: nothing will be delivered.
+        self.auth_failed: AuthenticationFailed | None = None
         if producer is None:
             full = producer_config(settings, config)
-            full.update(on_delivery=self.on_delivery, error_cb=_on_error, logger=log)
+            full.update(on_delivery=self.on_delivery, error_cb=self.on_error, logger=log)
             producer = KafkaProducer(full)
         self.producer = producer
 
@@ -102,8 +107,19 @@ class Client:
         with self._lock:
             self._failed.append((shown, text))
 
+    def on_error(self, error: KafkaError) -> None:
+        """A client error: a refused login or failed TLS stops the client; the rest is logged."""
+        failure = auth_failure(self.settings, error)
+        if failure is None:
+            log.warning("kafka_error error=%s fatal=%s", error.str(), error.fatal())
+        elif self.auth_failed is None:
+            log.error("kafka_auth_failed error=%s", failure)
+            self.auth_failed = failure
+
     def send(self, kind: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Queue records of one kind; blocks only while the queue is full."""
+        if self.auth_failed is not None:
+            raise self.auth_failed
         if self.closed:
             raise StreamsError("this SDK client is closed: call streams.init() again")
         topic, produce, poll = self.topics[kind], self.producer.produce, self.producer.poll
@@ -117,16 +133,31 @@ class Client:
         poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait up to `timeout` s for delivery; raise `DeliveryError` naming what was not sent."""
-        left = self.producer.flush(timeout)
-        if left:
+        """Wait up to `timeout` s for delivery; raise `DeliveryError` naming what was not sent.
+
+        A refused login or TLS handshake ends the wait at once: retrying will not help.
+        """
+        deadline = time.monotonic() + timeout
+        left = self.producer.flush(min(timeout, FLUSH_SLICE_SECONDS))
+        while left and self.auth_failed is None and time.monotonic() < deadline:
+            left = self.producer.flush(min(FLUSH_SLICE_SECONDS, deadline - time.monotonic()))
+        if left and self.auth_failed is not None:
+            self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self.producer.flush(1.0)  # serves the purged records' delivery reports
+            with self._lock:
+                self._failed = [(key, str(self.auth_failed)) for key, _ in self._failed]
+            # Let go of the producer: librdkafka would go on retrying, and logging, forever.
+            self.closed = True
+            self.producer = _Stopped()
+        elif left:
             self.producer.purge(in_queue=True, in_flight=True, blocking=True)
             self.producer.flush(5.0)  # serves the purged records' delivery reports
             log.error("flush_timeout timeout_s=%s purged=%d", timeout, left)
         with self._lock:
             failed, self._failed = self._failed, []
         if left and not failed:
-            failed = [("(unknown)", f"{left} record(s) still queued after {timeout} s")]
+            why = self.auth_failed or f"{left} record(s) still queued after {timeout} s"
+            failed = [("(unknown)", str(why))]
         if failed:
             log.error("undelivered count=%d first_error=%s", len(failed), failed[0][1])
             raise DeliveryError([key for key, _ in failed], [error for _, error in failed])
@@ -137,5 +168,20 @@ class Client:
         self.flush(timeout)
 
 
-def _on_error(error: KafkaError) -> None:
-    log.warning("kafka_error error=%s fatal=%s", error.str(), error.fatal())
+class _Stopped:
+    """Stands in for a producer let go of after a refused login: holds and sends nothing."""
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        raise StreamsError("this SDK client stopped: the broker refused it")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def purge(self, in_queue: bool, in_flight: bool, blocking: bool) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return 0

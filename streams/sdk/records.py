@@ -21,6 +21,7 @@ from streams.errors import StreamsError
 from streams.records import Record, dumps, format_ts, to_ms
 
 MAX_JOIN_KEY_CHARS = 512
+MAX_FEEDBACK_FIELDS = 1000  # as schemas/feedback.v1.json: each field is an aggregate
 CLOCK_SKEW_MS = 5 * 60 * 1000  # how far in the future a timestamp may be: clocks drift
 PREDICTION, FEEDBACK = "prediction", "feedback"
 _VERSION_4 = bytes((byte & 0x0F) | 0x40 for byte in range(256))
@@ -221,6 +222,10 @@ def build_batch(
     if fbs is not None and not all(fbs):
         i = next(i for i, feedback in enumerate(fbs) if not feedback)
         raise LogError(name("feedbacks", i), "feedback is empty: give at least one field")
+    for i, feedback in enumerate(fbs or ()):
+        if len(feedback) > MAX_FEEDBACK_FIELDS:
+            limit = f"the limit is {MAX_FEEDBACK_FIELDS} fields per feedback"
+            raise LogError(name("feedbacks", i), f"{len(feedback)} fields: {limit}")
     times = given["timestamps"]
     if times is not None:
         times = [check_timestamp(t, name("timestamps", i), now_ms) for i, t in enumerate(times)]

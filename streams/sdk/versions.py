@@ -38,6 +38,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka import Producer as KafkaProducer
 
 from streams.errors import StreamsError
+from streams.kafka_config import error_callback, librdkafka_config
 from streams.records import Record, dumps, format_ts, validate
 from streams.sdk.producer import producer_config
 from streams.sdk.records import LogError, LogTypeError, check_dict
@@ -114,12 +115,8 @@ class Catalog:
 
 
 def connection_config(settings: Settings) -> dict[str, Any]:
-    """The SDK producer's connection and security settings (`producer_config`), for a reader."""
-    return {
-        name: value
-        for name, value in producer_config(settings).items()
-        if name.startswith(("bootstrap.", "security.", "sasl.", "ssl."))
-    }
+    """The cluster's address and security settings, for a reader (`librdkafka_config`)."""
+    return {**librdkafka_config(settings), "error_cb": error_callback(settings, log)}
 
 
 def check_env(env: object) -> str:

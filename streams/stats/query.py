@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.errors import BrokerTimeout, ConfigError, RecordError, StreamsError
+from streams.kafka_config import error_callback, librdkafka_config, list_topics
 from streams.records import Record, format_ts, parse_ts, to_ms, validate
 from streams.settings import Settings, format_duration, parse_duration
 from streams.topics import FEEDBACK_STATS
@@ -102,7 +103,8 @@ def read_feedback_stats(settings: Settings, timeout: float = 30.0) -> LatestStat
     topic = settings.topic(FEEDBACK_STATS)
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **librdkafka_config(settings),
+            "error_cb": error_callback(settings, log),
             "group.id": f"streams-stats-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -128,7 +130,7 @@ def _end_offsets(
     """(first offset, end offset) per partition of `topic`."""
     deadline = time.monotonic() + timeout
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
+        metadata = list_topics(consumer, timeout, topic)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             if found is None or found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
