@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 from harness import RawProducer
-from test_stats_query import NOW_MS, key_of, share
+from test_cli import streams_cli
+from test_stats_query import NOW_MS, key_of, share, streams_stats
 
 from streams.stats.query import StatsQuery, StatsRow, no_match
 
@@ -54,12 +53,7 @@ def test_positive_pct_is_the_percentage_the_readme_says() -> None:
 def test_stats_for_an_unknown_application_or_field_says_nothing_matched(
     env: dict[str, str], producer: RawProducer
 ) -> None:
-    topics = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "topics", "create"],
-        env={**os.environ, **env},
-        capture_output=True,
-        timeout=60,
-    )
+    topics = streams_cli("topics", "create", env=env)
     assert topics.returncode == 0, topics.stderr
     for record in (share(NOW_MS, true=2, false=1), share(NOW_MS, field="rating", numbers=1)):
         producer.send("feedback-stats", orjson.dumps(record), key=key_of(record))
@@ -67,13 +61,7 @@ def test_stats_for_an_unknown_application_or_field_says_nothing_matched(
 
     def stats(application: str, field: str) -> subprocess.CompletedProcess[str]:
         query = ("--application", application, "--field", field, "--timeout", "20")
-        return subprocess.run(
-            [sys.executable, "-m", "streams.cli", "stats", *query],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return streams_stats(*query, env=env)
 
     found = stats("chat", "thumbs_up")
     assert found.returncode == 0, found.stderr
