@@ -127,12 +127,17 @@ def _tail(
     settings: Settings, topic: str, from_beginning: bool, limit: int | None, timeout: float | None
 ) -> int:
     from streams.sdk.consumer import read_topic
-    from streams.topics import check_broker
+    from streams.topics import CONNECT_TIMEOUT, check_broker
 
     check_broker(settings)
     out = sys.stdout.buffer
     records = read_topic(
-        settings, settings.topic(topic), from_beginning=from_beginning, idle_timeout=timeout
+        settings,
+        settings.topic(topic),
+        from_beginning=from_beginning,
+        idle_timeout=timeout,
+        down_timeout=CONNECT_TIMEOUT,  # a broker lost while tailing ends it too
+        log_level=0,  # librdkafka's own log repeats what the errors say
     )
     with closing(records):
         for count, record in enumerate(records, 1):

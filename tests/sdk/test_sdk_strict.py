@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from test_sdk import FakeProducer
 
 import streams
+from streams.errors import BrokerUnreachable
 from streams.sdk.client import Application
+from streams.sdk.consumer import read_topic
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, build_batch
 from streams.settings import Settings
@@ -142,3 +144,14 @@ def test_exit_with_undelivered_records_says_it_waits_then_ends_in_time(
 def test_a_bad_flush_timeout_is_refused_naming_it(bad: object) -> None:
     with pytest.raises(LogError, match="flush_timeout"):
         streams.init(NOWHERE, flush_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_a_reader_told_to_give_up_on_a_dead_broker_does(caplog: pytest.LogCaptureFixture) -> None:
+    started = time.monotonic()
+    records = read_topic(Settings(bootstrap_servers=NOWHERE), "t", down_timeout=1, log_level=0)
+
+    with pytest.raises(BrokerUnreachable, match=f"STREAMS_BOOTSTRAP_SERVERS={NOWHERE}"):
+        next(records)
+    assert time.monotonic() - started < 15
+    said = [r.getMessage() for r in caplog.records if r.name == "streams.sdk.consumer"]
+    assert len([m for m in said if "Connection refused" in m]) == 1, said
