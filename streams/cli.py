@@ -89,8 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stats":
             return _stats(settings, args)
         if args.command == "versions":
+            from streams.topics import check_broker
             from streams.versions_cli import run as run_versions
 
+            check_broker(settings)
             return run_versions(settings, args)
     except StreamsError as error:
         print(f"streams: {error}", file=sys.stderr)

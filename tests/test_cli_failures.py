@@ -60,6 +60,7 @@ COMMANDS = [
     ("tail", "deadletter", "--from-beginning", "--timeout", "30"),
     ("stats", "--application", "chat", "--field", "thumbs_up"),
     ("worker",),
+    ("versions", "list", "--application", "chat"),
 ]
 
 

@@ -429,7 +429,7 @@ def _flush_at_exit() -> None:
     if waiting:
         # Said before the wait, so a process that seems to hang at exit says why.
         log.warning(
-            "exit_flush_waiting records=%d timeout_s=%g (STREAMS_FLUSH_TIMEOUT bounds it)",
+            "exit_flush_waiting pending=%d timeout_s=%g (STREAMS_FLUSH_TIMEOUT bounds it)",
             waiting,
             client.settings.flush_timeout.total_seconds(),
         )

@@ -13,6 +13,7 @@ reported too and nothing is sent behind the caller's back after the error.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,8 +45,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "log_level": 2,
 }
 FLUSH_SLICE_SECONDS = 0.5
-# An error said again within this many seconds is counted, not logged again.
+# An error said again within this many seconds is not logged again.
 REPEAT_SECONDS = 60.0
+_TIMING = re.compile(r" \(after \d+ms in state \w+\)")
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
@@ -125,9 +127,10 @@ class Client:
                 self.auth_failed = failure
             return
         text, now = error.str(), time.monotonic()
-        if now - self._said.get(text, -REPEAT_SECONDS) < REPEAT_SECONDS:
+        same = _TIMING.sub("", text)  # a reconnect's text differs only by its timing
+        if now - self._said.get(same, -REPEAT_SECONDS) < REPEAT_SECONDS:
             return
-        self._said[text] = now
+        self._said[same] = now
         log.warning("kafka_error error=%s fatal=%s", text, error.fatal())
 
     def send(self, kind: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
