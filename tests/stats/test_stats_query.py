@@ -607,11 +607,11 @@ def test_streams_stats_reads_the_latest_shares_from_the_broker(
     assert chart.read_bytes().startswith(PNG_SIGNATURE)
     assert chart.stat().st_size > 5000
 
+    # Nothing about that application: said, with what exists (issue #12), not an empty table.
     nothing = streams_stats("--application", "nobody", "--field", "thumbs_up", env=env)
-    assert nothing.returncode == 0, nothing.stderr
-    assert nothing.stdout.split() == [
-        *("bucket", "count", "true", "false", "positive_pct", "numbers", "mean")
-    ]
+    assert nothing.returncode == 1, nothing.stderr
+    assert nothing.stdout == ""
+    assert "no feedback for application 'nobody'; applications: chat, loans" in nothing.stderr
 
 
 @pytest.mark.unit
