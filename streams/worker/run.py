@@ -54,17 +54,18 @@ def lock_data_dir(data_dir: Path) -> None:
     _held.append(fd)
 
 
-def check_web_port(port: int) -> None:
-    """Raise naming STREAMS_WEB_PORT when something already listens on it."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
-        try:
-            probe.bind(("", port))
-        except OSError as error:
-            raise SettingInUse(
-                f"STREAMS_WEB_PORT={port} cannot be used ({error.strerror}): "
-                "give each worker process its own STREAMS_WEB_PORT"
-            ) from None
+def check_web_port(host: str, port: int) -> None:
+    """Raise naming STREAMS_WEB_PORT when something already listens on it (at `host`)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise SettingInUse(
+            f"STREAMS_WEB_PORT={port} cannot be used on STREAMS_WEB_HOST={host} "
+            f"({error.strerror or error}): give each worker process its own STREAMS_WEB_PORT"
+        ) from None
 
 
 def prepare(settings: Settings) -> int:
@@ -84,7 +85,7 @@ def run_worker(settings: Settings) -> int:
         return 2
     try:
         lock_data_dir(settings.data_dir)
-        check_web_port(settings.web_port)
+        check_web_port(settings.web_host, settings.web_port)
         check_broker(settings)
     except StreamsError as error:
         print(f"streams worker: {error}", file=sys.stderr)
