@@ -103,7 +103,7 @@ def test_create_topics_makes_every_topic_of_the_contract(
         ("2d", "", 3),
         ("2d", "chat=5d,loans=1d", 6),
         ("12h", "chat=7d", 8),
-        ("30d", "audit=400d", 91),
+        ("30d", "audit=90d", 91),
     ],
 )
 def test_inputs_outlive_the_longest_retention_by_a_day(

@@ -25,7 +25,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, overload
 
 from streams.errors import DeliveryError, StreamsError
@@ -305,6 +305,7 @@ def init(
     ssl_certificate_location: str | None = None,
     ssl_key_location: str | None = None,
     ssl_key_password: str | None = None,
+    flush_timeout: float | None = None,
     **producer_config: Any,
 ) -> Client:
     """Start the SDK for this process (like Gantry's `init`); call once, before logging.
@@ -317,7 +318,9 @@ def init(
     says what to use instead. The security keywords stand for the variables of the same
     name (`sasl_username` for STREAMS_SASL_USERNAME, ...) and replace the environment's
     security settings (or those of `settings`) as a whole; a bad combination raises
-    `ConfigError` naming the variable. Other keywords are librdkafka settings (`linger_ms=20` or
+    `ConfigError` naming the variable. `flush_timeout` (seconds; default
+    STREAMS_FLUSH_TIMEOUT, 30 s) bounds the wait for delivery at exit and in
+    `flush()`/`close()`. Other keywords are librdkafka settings (`linger_ms=20` or
     `**{"linger.ms": 20}`). A previous client is flushed and closed.
     """
     global _client
@@ -350,6 +353,10 @@ def init(
     }
     security = {name: value for name, value in given.items() if value is not None}
     settings = _init_settings(bootstrap_servers, settings, security)
+    if flush_timeout is not None:
+        if not isinstance(flush_timeout, int | float) or not 0 < flush_timeout < 1e9:
+            raise LogError("flush_timeout", f"seconds above zero, not {flush_timeout!r}")
+        settings = replace(settings, flush_timeout=timedelta(seconds=flush_timeout))
     client = Client(settings, producer_config)
     with _client_lock:
         previous, _client = _client, client
@@ -397,12 +404,15 @@ def get_application(name: str) -> Application:
     return Application(_current(), name)
 
 
-def flush(timeout: float = 30.0) -> None:
-    """Wait until every record logged so far is delivered; raise `DeliveryError` naming the rest."""
+def flush(timeout: float | None = None) -> None:
+    """Wait until every record logged so far is delivered; raise `DeliveryError` naming the rest.
+
+    `timeout` defaults to the flush timeout `init()` set (STREAMS_FLUSH_TIMEOUT, 30 s).
+    """
     _current().flush(timeout)
 
 
-def close(timeout: float = 30.0) -> None:
+def close(timeout: float | None = None) -> None:
     """Flush and stop the SDK; raises like `flush`. `init()` starts it again."""
     global _client
     with _client_lock:
@@ -415,6 +425,14 @@ def _flush_at_exit() -> None:
     client = _client
     if client is None or client.closed:
         return
+    waiting = len(client.producer)
+    if waiting:
+        # Said before the wait, so a process that seems to hang at exit says why.
+        log.warning(
+            "exit_flush_waiting pending=%d timeout_s=%g (STREAMS_FLUSH_TIMEOUT bounds it)",
+            waiting,
+            client.settings.flush_timeout.total_seconds(),
+        )
     try:
         client.close()
     except DeliveryError as error:

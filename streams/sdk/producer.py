@@ -13,6 +13,7 @@ reported too and nothing is sent behind the caller's back after the error.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,13 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 1_000_000,
     "delivery.report.only.error": True,  # a report per success would cost a Python call each
+    # librdkafka logs each connection failure that `error_cb` also reports: keep one.
+    "log_level": 2,
 }
 FLUSH_SLICE_SECONDS = 0.5
+# An error said again within this many seconds is not logged again.
+REPEAT_SECONDS = 60.0
+_TIMING = re.compile(r" \(after \d+ms in state \w+\)")
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
@@ -89,6 +95,7 @@ class Client:
         self._failed: list[tuple[str, str]] = []
         # Set when the broker refused the login or TLS failed: nothing will be delivered.
         self.auth_failed: AuthenticationFailed | None = None
+        self._said: dict[str, float] = {}  # error (timing left out) -> when it was last logged
         if producer is None:
             full = producer_config(settings, config)
             full.update(on_delivery=self.on_delivery, error_cb=self.on_error, logger=log)
@@ -108,13 +115,23 @@ class Client:
             self._failed.append((shown, text))
 
     def on_error(self, error: KafkaError) -> None:
-        """A client error: a refused login or failed TLS stops the client; the rest is logged."""
+        """A client error: a refused login or failed TLS stops the client; the rest is logged once.
+
+        librdkafka reports every reconnect attempt; the same error within
+        `REPEAT_SECONDS` is not logged again.
+        """
         failure = auth_failure(self.settings, error)
-        if failure is None:
-            log.warning("kafka_error error=%s fatal=%s", error.str(), error.fatal())
-        elif self.auth_failed is None:
-            log.error("kafka_auth_failed error=%s", failure)
-            self.auth_failed = failure
+        if failure is not None:
+            if self.auth_failed is None:
+                log.error("kafka_auth_failed error=%s", failure)
+                self.auth_failed = failure
+            return
+        text, now = error.str(), time.monotonic()
+        same = _TIMING.sub("", text)  # a reconnect's text differs only by its timing
+        if now - self._said.get(same, -REPEAT_SECONDS) < REPEAT_SECONDS:
+            return
+        self._said[same] = now
+        log.warning("kafka_error error=%s fatal=%s", text, error.fatal())
 
     def send(self, kind: str, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Queue records of one kind; blocks only while the queue is full."""
@@ -132,11 +149,14 @@ class Client:
                     poll(0.05)  # librdkafka's queue is full: serve it until there is room
         poll(0)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Wait up to `timeout` s for delivery; raise `DeliveryError` naming what was not sent.
 
-        A refused login or TLS handshake ends the wait at once: retrying will not help.
+        `timeout` defaults to STREAMS_FLUSH_TIMEOUT (`init(flush_timeout=...)`), 30 s. A
+        refused login or TLS handshake ends the wait at once: retrying will not help.
         """
+        if timeout is None:
+            timeout = self.settings.flush_timeout.total_seconds()
         deadline = time.monotonic() + timeout
         left = self.producer.flush(min(timeout, FLUSH_SLICE_SECONDS))
         while left and self.auth_failed is None and time.monotonic() < deadline:
@@ -152,17 +172,15 @@ class Client:
         elif left:
             self.producer.purge(in_queue=True, in_flight=True, blocking=True)
             self.producer.flush(5.0)  # serves the purged records' delivery reports
-            log.error("flush_timeout timeout_s=%s purged=%d", timeout, left)
         with self._lock:
             failed, self._failed = self._failed, []
         if left and not failed:
             why = self.auth_failed or f"{left} record(s) still queued after {timeout} s"
             failed = [("(unknown)", str(why))]
-        if failed:
-            log.error("undelivered count=%d first_error=%s", len(failed), failed[0][1])
+        if failed:  # the error is the report: whoever called says it, once
             raise DeliveryError([key for key, _ in failed], [error for _, error in failed])
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Flush and stop taking records; raises like `flush`."""
         self.closed = True
         self.flush(timeout)

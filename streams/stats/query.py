@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Version = str | int | None
 FORMATS = ("table", "json", "csv")
+PARAMETERS = ("application", "field", "every", "since", "by_version", "format")
 COLUMNS = ("bucket", "version", "count", "true", "false", "positive_pct", "numbers", "mean")
 _MS = timedelta(milliseconds=1)
 
@@ -294,6 +295,20 @@ def stats_series(
     return StatsSeries(application, field, every, since, by_version, tuple(rows))
 
 
+def no_match(records: Iterable[Mapping[str, Any]], application: str, field: str) -> str | None:
+    """Why no record is about `application` and `field`, listing what exists; None if some is."""
+    fields: dict[str, set[str]] = {}
+    for record in records:
+        fields.setdefault(record["application"], set()).add(record["field"])
+    if field in fields.get(application, ()):
+        return None
+    if application not in fields:
+        known = ", ".join(sorted(fields)) or "none yet"
+        return f"no feedback for application {application!r}; applications: {known}"
+    known = ", ".join(sorted(fields[application]))
+    return f"application {application!r} has no feedback field {field!r}; its fields: {known}"
+
+
 def _columns(by_version: bool) -> list[str]:
     return [name for name in COLUMNS if by_version or name != "version"]
 
@@ -361,8 +376,11 @@ class StatsQuery:
     def from_params(cls, params: Mapping[str, str]) -> StatsQuery:
         """Parse `application`, `field`, `every`, `since`, `by_version`, `format`.
 
-        Raises `ValueError` naming the parameter that is missing or bad.
+        Raises `ValueError` naming the parameter that is missing, bad or unknown.
         """
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown parameter; use {', '.join(PARAMETERS)}")
         missing = [name for name in ("application", "field") if not params.get(name)]
         if missing:
             raise ValueError(f"{missing[0]}: required, e.g. ?application=chat&field=thumbs_up")
