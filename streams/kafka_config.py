@@ -146,17 +146,21 @@ def auth_failure(settings: Settings, error: KafkaError) -> AuthenticationFailed 
     return None
 
 
-def error_callback(settings: Settings, logger: logging.Logger) -> Callable[[KafkaError], None]:
+def error_callback(
+    settings: Settings, logger: logging.Logger | None
+) -> Callable[[KafkaError], None]:
     """An `error_cb` raising `AuthenticationFailed` (out of poll/consume/flush); logs the rest.
 
     confluent-kafka re-raises an exception of a callback from the call that served it.
+    With no `logger` the rest is not logged: the caller reports the failure itself.
     """
 
     def on_error(error: KafkaError) -> None:
         failure = auth_failure(settings, error)
         if failure is not None:
             raise failure
-        logger.warning("kafka_error error=%s", error.str())
+        if logger is not None:
+            logger.warning("kafka_error error=%s", error.str())
 
     return on_error
 

@@ -124,7 +124,8 @@ def check_broker(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> None:
     if all(reasons):
         raise BrokerUnreachable(f"{problem} ({reasons[0]}): {hint}")
     try:
-        list_topics(admin(settings), timeout)
+        # A probe reports its own failure in one line: no "brokers are down" warning before it.
+        list_topics(admin(settings, quiet=True), timeout)
     except KafkaException as error:
         raise BrokerUnreachable(
             f"{problem} within {timeout:g} s ({_text(error)}): {hint}"
@@ -145,12 +146,15 @@ def _text(error: KafkaException) -> str:
     return first.str() if isinstance(first, KafkaError) else str(error)
 
 
-def admin(settings: Settings) -> AdminClient:
-    """An admin client for the configured cluster; a refused login raises `AuthenticationFailed`."""
+def admin(settings: Settings, *, quiet: bool = False) -> AdminClient:
+    """An admin client for the configured cluster; a refused login raises `AuthenticationFailed`.
+
+    `quiet`: other errors are not logged (the caller reports them).
+    """
     config: dict[str, Any] = {
         **librdkafka_config(settings),
         "socket.timeout.ms": 10_000,
-        "error_cb": error_callback(settings, log),
+        "error_cb": error_callback(settings, None if quiet else log),
         "logger": log,
         # librdkafka's own log repeats every connection failure; the error callback and
         # the exceptions say it once.
