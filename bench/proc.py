@@ -258,7 +258,7 @@ class FirstRead(threading.Thread):
 
     Contenders other than the worker write it to `STREAMS_DATA_DIR/first-read-ms`. The
     worker (not ours to change here) is watched from outside: `/metrics` every 10 ms
-    until `streams_records_in_total` is above zero.
+    until `streams_records_in_total` is above zero; a first-read-ms file it writes wins.
     """
 
     def __init__(self, contender: Contender) -> None:
@@ -282,12 +282,10 @@ class FirstRead(threading.Thread):
 
     def ms(self) -> float:
         """The first read's epoch ms, or NaN if unknown."""
-        if not self.watch:
-            try:
-                return float(self.path.read_text())
-            except (FileNotFoundError, ValueError):
-                return math.nan
-        return self.seen_ms
+        try:
+            return float(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return self.seen_ms
 
 
 @dataclass
