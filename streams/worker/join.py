@@ -12,6 +12,13 @@ seen again *at the same position* is a replay: its joined records are emitted
 again, identical but for `joined_at`, so a record lost in the crash is not lost.
 The same `event_id` at another position is a duplicate sent by a producer, and is
 ignored.
+
+A repeat must carry what the first emission carried. The merged feedback and the
+revision depend only on the feedback entries up to it (`fbs` only grows), but the
+prediction may have been replaced since (rule 6), so each entry remembers the
+prediction it was joined with (`pid`), and a replaced prediction that feedback was
+joined with stays in the row (`was`, by event_id) until the row expires: a replay
+then rebuilds the record from it, not from the prediction that replaced it.
 """
 
 from __future__ import annotations
@@ -76,12 +83,18 @@ def next_due(row: Row, expired_memory_ms: int) -> int | None:
 
 
 def joined_record(row: Row, index: int, now_ms: int) -> Record:
-    """The joined record for the feedback at `index`: all feedback up to it, merged."""
-    pred = row["pred"]
-    merged: dict[str, Any] = {}
-    for entry in row["fbs"][: index + 1]:
-        merged.update(entry["f"])
+    """The joined record for the feedback at `index`: all feedback up to it, merged.
+
+    The prediction is the one the feedback was joined with (`pid`), even if replaced since.
+    """
     entry = row["fbs"][index]
+    pred = row["pred"]
+    joined_with = entry.get("pid")  # absent in rows written before it was kept
+    if joined_with is not None and joined_with != pred["id"]:
+        pred = row["was"][joined_with]
+    merged: dict[str, Any] = {}
+    for earlier in row["fbs"][: index + 1]:
+        merged.update(earlier["f"])
     return {
         "schema": "joined/v1",
         "id": joined_id(row["app"], row["key"], entry["id"]),
@@ -115,7 +128,8 @@ def unmatched_record(feedback: Record, reason: str, detail: str, now_ms: int) ->
 def _join(
     row: Row, event_id: str, ts: int, fields: dict[str, Any], src: str, by: str, now: int
 ) -> Emit:
-    row["fbs"].append({"id": event_id, "ts": ts, "f": fields, "src": src, "by": by})
+    pid = row["pred"]["id"]
+    row["fbs"].append({"id": event_id, "ts": ts, "f": fields, "src": src, "by": by, "pid": pid})
     return Emit("joined", joined_record(row, len(row["fbs"]) - 1, now))
 
 
@@ -156,6 +170,10 @@ def on_prediction(
         ]
         marker = {**new_row(row["app"], row["key"]), "gone": gone, "pids": row["pids"]}
         return Result(marker, timed_out, "expired")
+    replaced = row["pred"]
+    if replaced is not None and any(e.get("pid") == replaced["id"] for e in row["fbs"]):
+        # Joined records were built from it: keep it for their repeats after a crash.
+        row.setdefault("was", {})[replaced["id"]] = replaced
     row["pred"] = {
         "id": prediction["event_id"],
         "ts": ts,
@@ -238,6 +256,7 @@ def expire_due(row: Row, now: int, expired_memory_ms: int) -> Result:
     pred = row["pred"]
     if pred is not None and now >= pred["exp"]:
         row.update(pred=None, fbs=[], gone=pred["exp"])
+        row.pop("was", None)
     still_waiting = []
     for waiting in row["pend"]:
         if now >= waiting["due"]:
