@@ -121,6 +121,11 @@ def moved_pending(raw: bytes | None, delta: int, src: str | None = None) -> byte
     return orjson.dumps([max(0, pending_count(raw) + delta), mark])
 
 
+def _live(row: Row | None, now: int) -> bool:
+    """Whether the row holds a prediction within its retention (only those move aggregates)."""
+    return row is not None and row["pred"] is not None and now < row["pred"]["exp"]
+
+
 def apply_input(
     state: Writable,
     due: Writable,
@@ -146,18 +151,22 @@ def apply_input(
     # The rules update the row in place: note what it was before them.
     old_due = join.next_due(row, expired_memory_ms) if row else None
     waiting = len(row["pend"]) if row else 0
-    counted = feedback_stats.contribution(row)
+    counted = feedback_stats.contribution(row) if _live(row, now) else {}
     counted_in: list[list[Any]] = row.get(AGGREGATES, []) if row else []
     if is_prediction:
-        result = join.on_prediction(row, record, event_ts, src, now, retention_ms)
+        result = join.on_prediction(
+            row, record, event_ts, src, now, retention_ms, expired_memory_ms
+        )
     else:
-        result = join.on_feedback(row, record, event_ts, src, now, pending_ttl_ms)
+        result = join.on_feedback(
+            row, record, event_ts, src, now, pending_ttl_ms, expired_memory_ms
+        )
     after = result.row
     moves: dict[bytes, feedback_stats.Totals] = {}
     if after is not None and not result.replay:
-        # Aggregates are history: only a row that still holds a prediction moves them
-        # (an expired prediction, or one replaced by a marker, keeps counting).
-        counts = feedback_stats.contribution(after) if after["pred"] is not None else None
+        # Aggregates are history: only a row that holds a live prediction moves them (an
+        # expired prediction, swept or not, or one replaced by a marker, keeps counting).
+        counts = feedback_stats.contribution(after) if _live(after, now) else None
         if counts is not None:
             moves = feedback_stats.changes(application, counted, counts)
         counted_in_after = counted_in + [
@@ -176,7 +185,10 @@ def apply_input(
         for share, delta in moves.items():
             stored = state.get(share)
             if feedback_stats.moved_by(stored) != src:
-                state[share] = moved[share] = feedback_stats.merge(stored, delta, src)
+                stored = state[share] = feedback_stats.merge(stored, delta, src)
+            # Already moved by this input before a crash cut its writes short: not moved
+            # again, but published again (what it published may not have left).
+            moved[share] = stored
         waiting_after = len(after["pend"]) if after is not None else 0
         if waiting_after != waiting:
             stored = state.get(PENDING_KEY)

@@ -116,7 +116,12 @@ def test_pending_feedback_times_out_to_unmatched() -> None:
     assert emit.topic == "unmatched" and emit.record["reason"] == "no_prediction"
     assert emit.record["feedback"] == feedback("f1", {"a": 1})
     validate("unmatched", emit.record)
-    assert late.row is None
+    assert (
+        late.row is not None
+        and late.row["pend"] == []
+        and late.row["done"] == {"f1": ["f0:1", T0 + TTL + MEMORY]}
+    ), "remembered, so that a replay is not taken for new feedback"
+    assert join.expire_due(late.row, T0 + TTL + MEMORY, MEMORY).row is None
 
 
 def test_expired_prediction_sends_feedback_to_unmatched_before_and_after_the_sweep() -> None:
