@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.records import validate
 from streams.worker import join
-from streams.worker.state import row_key
+from streams.worker.state import apply_input, row_key
 
 pytestmark = pytest.mark.unit
 
@@ -171,10 +171,32 @@ def test_feedback_seen_twice_yields_one_joined_record() -> None:
 
 
 def test_applications_never_join_across() -> None:
-    assert row_key("chat", KEY) != row_key("loans", KEY)
+    """Rule 1 through the state layer: the same join_key in two applications are two rows."""
     assert row_key("ab", "c") != row_key("a", "bc")
-    row = join.on_prediction(None, prediction(), T0, "p0:1", T0, RETENTION).row
-    assert row is not None and row["app"] == APP
+    state: dict[bytes, bytes] = {}
+    due: dict[bytes, bytes] = {}
+
+    def apply(record: dict[str, Any], src: str) -> join.Result:
+        result, _, _ = apply_input(
+            state,  # type: ignore[arg-type]
+            due,  # type: ignore[arg-type]
+            record,
+            is_prediction=record["schema"] == "prediction/v1",
+            event_ts=T0,
+            src=src,
+            now=T0,
+            retention_ms=RETENTION,
+            pending_ttl_ms=TTL,
+            expired_memory_ms=MEMORY,
+        )
+        return result
+
+    assert apply(prediction(), "p0:1").outcome == "stored"  # loans
+    other = apply(feedback("f1", {"a": 1}, application="chat"), "f0:1")
+    assert other.outcome == "pending" and other.emits == [], "chat's feedback waits for chat's"
+    [record] = joined(apply(feedback("f2", {"b": 2}, application=APP), "f0:2"))
+    assert record["application"] == APP and record["feedback"] == {"b": 2}
+    assert record["feedback_revision"] == 1, "chat's feedback is not merged into loans'"
 
 
 # -- a reference model over any interleaving ---------------------------------------
