@@ -4,6 +4,7 @@
 #   scripts/kafka.sh up     fetch the jars once, format storage once, start, wait until it answers
 #   scripts/kafka.sh down   stop the broker this script started; no process is left behind
 #   scripts/kafka.sh status
+#   scripts/kafka.sh jars   fetch the jars only (tests run the Java client from them)
 #
 # State lives under .kafka/ (git-ignored): jars/, data/, logs/, broker.pid.
 # `up` is a no-op when a broker already answers at KAFKA_ADDRESS (default localhost:9092).
@@ -115,5 +116,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  jars) fetch_jars ;;
+  *) echo "usage: $0 up|down|status|jars" >&2; exit 2 ;;
 esac
