@@ -51,11 +51,13 @@ from streams.worker import join
 from streams.worker.metrics import Metrics
 from streams.worker.outbox import Outbox
 from streams.worker.state import (
+    JOURNAL_KEY,
     PENDING_KEY,
     decode_row,
     due_key,
     due_upper_bound,
     encode_row,
+    journal_done,
     moved_pending,
     split_due_key,
 )
@@ -212,7 +214,10 @@ def write_chunk(store: PartitionStore, chunk: Chunk) -> None:
     rows = [(c.key, encode_row(c.row)) for c in chunk.changes if not c.stale and c.row is not None]
     if chunk.timed_out:  # in the same write as the rows, after them in the changelog
         rows.append((PENDING_KEY, moved_pending(store.state.get(PENDING_KEY), -chunk.timed_out)))
-    store.write_rows(rows, [c.key for c in chunk.changes if not c.stale and c.row is None])
+    deletes = [c.key for c in chunk.changes if not c.stale and c.row is None]
+    # A journal whose input was written whole goes before its row may (`state.settle_journal`).
+    done = [JOURNAL_KEY] if deletes and journal_done(store.state) else []
+    store.write_rows(rows, done + deletes)
     store.write_index([], [change.index_key for change in chunk.changes])
 
 

@@ -83,6 +83,8 @@ def next_due(row: Row, expired_memory_ms: int) -> int | None:
     """The earliest time at which `expire_due` has something to do for this row."""
     times = [entry["due"] for entry in row["pend"]]
     times.extend(entry[1] for entry in row.get("done", {}).values())
+    if "prior" in row:
+        times.append(row["prior"]["until"])
     if row["pred"] is not None:
         times.append(row["pred"]["exp"])
     if row["gone"] is not None:
@@ -142,9 +144,11 @@ def _join(
 
 
 def _reemit(row: Row, src: str, now: int) -> list[Emit]:
+    rows = [row["prior"], row] if "prior" in row else [row]
     return [
-        Emit("joined", joined_record(row, i, now))
-        for i, e in enumerate(row["fbs"])
+        Emit("joined", joined_record(held, i, now))
+        for held in rows
+        for i, e in enumerate(held["fbs"])
         if e["by"] == src
     ]
 
@@ -178,7 +182,14 @@ def on_prediction(
     seen_at = row["pids"].get(prediction["event_id"])
     if seen_at is not None:
         if seen_at == src:
-            return Result(row, _reemit(row, src, now), "stored", replay=True)
+            again = _reemit(row, src, now)
+            for entry in row.get("done", {}).values():
+                if len(entry) > 3 and entry[3] == src:  # pending feedback it sent to unmatched
+                    detail = _expired_detail(entry[2])
+                    again.append(
+                        Emit("unmatched", unmatched_record(entry[4], "expired", detail, now))
+                    )
+            return Result(row, again, "stored", replay=True)
         return Result(row, [], "duplicate")
     row["pids"][prediction["event_id"]] = src
     stale = row["pred"]
@@ -213,8 +224,22 @@ def on_prediction(
         held_until = row["pred"]["exp"] if row["pred"] is not None else gone
         for entry in row["fbs"]:
             done[entry["id"]] = [entry["src"], held_until + expired_memory_ms]
+        for waiting in row["pend"]:  # sent to `unmatched` here: read again, it is a replay
+            if now < waiting["due"]:
+                forget = gone + expired_memory_ms
+                done[waiting["id"]] = [waiting["src"], forget, expires, src, waiting["rec"]]
         if done:
             marker["done"] = done
+        if row["fbs"]:
+            # What the joined records so far were built from, for their repeats after a crash.
+            held = {k: row[k] for k in ("app", "key", "pred", "fbs") if k in row}
+            marker["prior"] = {
+                **held,
+                "was": row.get("was", {}),
+                "until": held_until + expired_memory_ms,
+            }
+        elif "prior" in row:
+            marker["prior"] = row["prior"]
         return Result(marker, timed_out, "expired")
     replaced = row["pred"]
     if replaced is not None and any(e.get("pid") == replaced["id"] for e in row["fbs"]):
@@ -271,7 +296,7 @@ def on_feedback(
     if done is not None:  # out of the row: timed out, expired, or its prediction expired
         if done[0] != src:
             return Result(row, [], "duplicate")
-        again = []
+        again = _reemit(row, src, now)  # joined with a prediction since replaced by a marker
         if len(done) > 2:  # sent to `unmatched` by this input: its record may be lost
             detail = _expired_detail(done[2])
             again.append(Emit("unmatched", unmatched_record(feedback, "expired", detail, now)))
@@ -331,7 +356,7 @@ def expire_due(row: Row, now: int, expired_memory_ms: int) -> Result:
     still_waiting = []
     for waiting in row["pend"]:
         if now >= waiting["due"]:
-            done[waiting["id"]] = [waiting["src"], now + expired_memory_ms]
+            done[waiting["id"]] = [waiting["src"], waiting["due"] + expired_memory_ms]
             detail = (
                 "no prediction for this application and join_key arrived within STREAMS_PENDING_TTL"
             )
@@ -345,9 +370,17 @@ def expire_due(row: Row, now: int, expired_memory_ms: int) -> Result:
         row["done"] = done
     else:
         row.pop("done", None)
+    if "prior" in row and now >= row["prior"]["until"]:
+        row.pop("prior")
     if row["gone"] is not None and now >= row["gone"] + expired_memory_ms:
         row["gone"] = None
-    empty = row["pred"] is None and not row["pend"] and row["gone"] is None and not done
+    empty = (
+        row["pred"] is None
+        and not row["pend"]
+        and row["gone"] is None
+        and not done
+        and "prior" not in row
+    )
     return Result(None if empty else row, emits, "unmatched" if emits else "expired")
 
 
