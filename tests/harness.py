@@ -109,6 +109,17 @@ class Read:
     value: dict[str, Any]
 
 
+def as_read(message: Any) -> Read:
+    """A consumed message as a `Read` (its value decoded as JSON)."""
+    return Read(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        orjson.loads(message.value()),
+    )
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -147,15 +158,7 @@ def read_topic(
             if message is None:
                 continue
             assert not message.error(), f"reading {topic}: {message.error()}"
-            found.append(
-                Read(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    orjson.loads(message.value()),
-                )
-            )
+            found.append(as_read(message))
     finally:
         consumer.close()
     return found
@@ -210,15 +213,7 @@ def read_to_end(bootstrap: str, topic: str) -> list[Read]:
                 assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
                 at_end.add(message.partition())
                 continue
-            found.append(
-                Read(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    orjson.loads(message.value()),
-                )
-            )
+            found.append(as_read(message))
     finally:
         consumer.close()
     return found

@@ -149,7 +149,7 @@ def test_scope_retries_replacements_and_duplicates(
             metric(
                 worker.metrics(), "streams_outcomes_total", topic="predictions", outcome="stored"
             )
-            == 2
+            == 3  # the first prediction, the sentinel's, the replacement
         ),
         20,
         "the replacement stored",
