@@ -32,6 +32,8 @@ demo: install
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+## kafka-up: the local broker on localhost:9092; `make kafka-up KAFKA_SECURE=1` starts the
+## secured one instead (localhost:19092, SASL and TLS listeners on 19094-19096, see README)
 kafka-up:
 	scripts/kafka.sh up
 

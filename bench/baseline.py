@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Message, Producer
 from rocksdict import Options, Rdict
 
 from streams.errors import RecordError
+from streams.kafka_config import librdkafka_config
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, PREDICTIONS
@@ -53,7 +54,7 @@ class BaselineJoin:
         self.expired_memory_ms = int(settings.expired_memory.total_seconds() * 1000)
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "group.id": settings.app_id,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -61,7 +62,7 @@ class BaselineJoin:
         )
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "partitioner": "murmur2_random",  # one join_key, one partition of joined
                 "enable.idempotence": True,
                 "linger.ms": 2,

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
 from streams.topics import FEEDBACK, PREDICTIONS
 from streams.worker.app import RAW, faust_app
@@ -26,9 +27,7 @@ from streams.worker.app import RAW, faust_app
 
 def records_in(settings: Settings, topics: list[str]) -> int:
     """How many records the topics hold now (from offset 0: nothing has expired yet)."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": uuid.uuid4().hex}
-    )
+    consumer = Consumer({**librdkafka_config(settings), "group.id": uuid.uuid4().hex})
     try:
         total = 0
         for topic in topics:

@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
 from streams.topics import admin
 
@@ -173,7 +174,7 @@ class JoinedReader:
     def __init__(self, settings: Settings, topic: str, from_start: bool = False) -> None:
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import faust
 
 from streams.clock import Clock, SystemClock
+from streams.kafka_config import faust_broker_options, librdkafka_config
 from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
 from streams.worker import feedback_stats, rebalance
@@ -93,10 +94,11 @@ def faust_app(settings: Settings) -> faust.App:
     """The worker's faust app as configured from `settings` (no agents, tables or pages yet)."""
     return faust.App(
         settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        **faust_broker_options(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         web_port=settings.web_port,
+        web_bind=settings.web_host,
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
@@ -145,7 +147,7 @@ class JoinApp:
         }
         self.state = self.app.Table("state", options=STATE_OPTIONS, **tables)
         self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
-        self.outbox = Outbox(settings.bootstrap_servers)
+        self.outbox = Outbox(librdkafka_config(settings))
         self.tables = Tables(self.state, self.due, self.outbox)
         self.stats_topic = settings.topic(FEEDBACK_STATS)
         self.processor = Processor(settings, self.clock, self.metrics, self.tables, self.kind_of)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -43,11 +43,12 @@ class DeliveryFailed(RuntimeError):
 class Outbox:
     """One idempotent producer for every record the worker writes; see the module docstring."""
 
-    def __init__(self, bootstrap_servers: str, changelogs: set[str] | None = None) -> None:
+    def __init__(self, connection: Mapping[str, str], changelogs: set[str] | None = None) -> None:
+        """`connection`: address and security, from `streams.kafka_config.librdkafka_config`."""
         self.changelogs: set[str] = changelogs if changelogs is not None else set()
         self.producer = Producer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **connection,
                 "enable.idempotence": True,
                 "acks": "all",
                 "partitioner": "murmur2_random",
