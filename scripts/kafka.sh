@@ -4,6 +4,7 @@
 #   scripts/kafka.sh up     fetch the jars once, format storage once, start, wait until it answers
 #   scripts/kafka.sh down   stop the broker this script started; no process is left behind
 #   scripts/kafka.sh status
+#   scripts/kafka.sh jars   fetch the jars only (tests run the Java client from them)
 #   scripts/kafka.sh compose-secrets [DIR]   CA, certificates, passwords for docker-compose.secure.yml
 #
 # State lives under .kafka/ (git-ignored): jars/, data/, logs/, broker.pid.
@@ -234,6 +235,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  jars) fetch_jars ;;
   compose-secrets) compose_secrets "${2:-$root/secrets}" ;;
-  *) echo "usage: $0 up|down|status|compose-secrets [DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|jars|compose-secrets [DIR]" >&2; exit 2 ;;
 esac

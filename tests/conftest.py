@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import RawProducer, WorkerProcess
+from harness import RawProducer, WorkerProcess, processing_errors
 
 from streams.kafka_ping import answers
 from streams.settings import Settings
@@ -101,7 +101,11 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start `streams worker` processes (own data dir and port each); stop them after."""
+    """Start `streams worker` processes (own data dir and port each); stop them after.
+
+    Afterwards the test's `deadletter` topic must hold no `processing_error`: an exception
+    in the join path dead-letters its input, and would otherwise show only as missing output.
+    """
     started: list[WorkerProcess] = []
 
     def start(name: str = "w1", wait: bool = True, **overrides: str) -> WorkerProcess:
@@ -115,6 +119,10 @@ def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worke
     yield start
     for worker in started:
         worker.stop()
+    if started:
+        topic = env["STREAMS_TOPIC_PREFIX"] + "deadletter"
+        errors = processing_errors(env["STREAMS_BOOTSTRAP_SERVERS"], topic)
+        assert errors == [], f"processing_error dead letters: {errors[:3]}"
 
 
 @pytest.fixture

@@ -51,11 +51,13 @@ from streams.worker import join
 from streams.worker.metrics import Metrics
 from streams.worker.outbox import Outbox
 from streams.worker.state import (
+    JOURNAL_KEY,
     PENDING_KEY,
     decode_row,
     due_key,
     due_upper_bound,
     encode_row,
+    journal_done,
     moved_pending,
     split_due_key,
 )
@@ -177,7 +179,10 @@ def plan_chunk(
         due, key = split_due_key(index_key)
         row = decode_row(store.state.get(key))
         if row is None or join.next_due(row, expired_memory_ms) != due:
-            chunk.changes.append(Change(index_key, key, stale=True))
+            # The row's own entry is put again: the `due` and `state` changelogs are two
+            # topics, so a rebuild can hold this entry's removal but not the row it went with.
+            repair = join.next_due(row, expired_memory_ms) if row is not None else None
+            chunk.changes.append(Change(index_key, key, stale=True, due=repair))
         else:
             result = join.expire_due(row, now, expired_memory_ms)
             kept = result.row
@@ -203,13 +208,16 @@ def write_chunk(store: PartitionStore, chunk: Chunk) -> None:
     new_entries = [
         due_key(change.due, change.key)
         for change in chunk.changes
-        if not change.stale and change.row is not None and change.due is not None
+        if change.due is not None and (change.stale or change.row is not None)
     ]
     store.write_index(new_entries, [])
     rows = [(c.key, encode_row(c.row)) for c in chunk.changes if not c.stale and c.row is not None]
     if chunk.timed_out:  # in the same write as the rows, after them in the changelog
         rows.append((PENDING_KEY, moved_pending(store.state.get(PENDING_KEY), -chunk.timed_out)))
-    store.write_rows(rows, [c.key for c in chunk.changes if not c.stale and c.row is None])
+    deletes = [c.key for c in chunk.changes if not c.stale and c.row is None]
+    # A journal whose input was written whole goes before its row may (`state.settle_journal`).
+    done = [JOURNAL_KEY] if deletes and journal_done(store.state) else []
+    store.write_rows(rows, done + deletes)
     store.write_index([], [change.index_key for change in chunk.changes])
 
 

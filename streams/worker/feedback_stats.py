@@ -19,10 +19,12 @@ keyed by [application, version, field, minute, partition]; readers add the
 partitions up (`streams.stats.query`).
 
 Why in `state`: a row and the shares it moves are written to one database and one
-changelog partition, shares first, then the row. After a crash only a prefix of those
-writes may have reached the database or the changelog. Each share remembers the
-input that last moved it (`src`), so when that input is read again and the row does
-not show it yet, a share it already moved is not moved twice.
+changelog partition: the partition's journal entry, the shares, then the row
+(`streams.worker.state.apply_input`). After a crash only a prefix of those writes may
+have reached the database or the changelog. Each share remembers the input that last
+moved it (`src`), so a share is never moved twice by one input; and the journal lets
+the next write after a restart undo what an input cut short had moved
+(`streams.worker.state.settle_journal`), whatever is read first.
 """
 
 from __future__ import annotations

@@ -106,6 +106,65 @@ AGGREGATES = "agg"
 PENDING_KEY = feedback_stats.SHARE_PREFIX + b"pending"
 
 
+# The partition's journal: what the last input that moved shares or the pending count
+# moved, written before them: [src, row key, [[share key, delta], ...], pending delta]
+# (keys as latin-1 text). Its row then carries `JOURNALED` = src. An input is applied
+# only after the one before it, so after a crash only the journal's input can have been
+# cut short; `settle_journal` undoes what it moved before anything else moves.
+JOURNAL_KEY = feedback_stats.SHARE_PREFIX + b"journal"
+JOURNALED = "jsrc"
+
+
+def _journal(state: Writable) -> tuple[Any, bool] | None:
+    """The journal entry, and whether its input's row was written (None: no journal)."""
+    raw = state.get(JOURNAL_KEY)
+    if raw is None:
+        return None
+    entry = orjson.loads(raw)
+    row = state.get(entry[1].encode("latin-1"))
+    # The row's first field is `JOURNALED` (`_journaled`): no need to decode the row.
+    return entry, row is not None and row.startswith(_journaled_prefix(entry[0]))
+
+
+def _journaled_prefix(src: str) -> bytes:
+    return b'{"' + JOURNALED.encode() + b'":' + orjson.dumps(src)
+
+
+def _journaled(row: join.Row, src: str) -> join.Row:
+    """The row with `JOURNALED` = src as its first field (see `_journal`)."""
+    return {JOURNALED: src, **{k: v for k, v in row.items() if k != JOURNALED}}
+
+
+def settle_journal(state: Writable) -> Moved:
+    """Undo the shares and pending count moved by an input a crash cut short before its row.
+
+    Returns the shares it put back (to publish). Shares it had not reached, or that
+    another input moved since (not possible before this runs), are left as they are.
+    """
+    found = _journal(state)
+    if found is None or found[1]:
+        return {}  # no journal, or its input's row was written: nothing was cut short
+    src, _, moves, pending_delta = found[0]
+    undone: Moved = {}
+    for text, delta in moves:
+        share = text.encode("latin-1")
+        stored = state.get(share)
+        if feedback_stats.moved_by(stored) == src:
+            undone[share] = state[share] = feedback_stats.merge(stored, [-d for d in delta], "")
+    if pending_delta:
+        stored = state.get(PENDING_KEY)
+        if feedback_stats.moved_by(stored) == src:
+            state[PENDING_KEY] = moved_pending(stored, -pending_delta, "")
+    del state[JOURNAL_KEY]
+    return undone
+
+
+def journal_done(state: Writable) -> bool:
+    """Whether a journal is there and its input was written whole (the sweep may drop it)."""
+    found = _journal(state)
+    return found is not None and found[1]
+
+
 def pending_count(raw: bytes | None) -> int:
     """The stored count of pending feedback (0 when absent)."""
     return 0 if raw is None else int(orjson.loads(raw)[0])
@@ -119,6 +178,11 @@ def moved_pending(raw: bytes | None, delta: int, src: str | None = None) -> byte
     """
     mark = src if src is not None else feedback_stats.moved_by(raw)
     return orjson.dumps([max(0, pending_count(raw) + delta), mark])
+
+
+def _live(row: Row | None, now: int) -> bool:
+    """Whether the row holds a prediction within its retention (only those move aggregates)."""
+    return row is not None and row["pred"] is not None and now < row["pred"]["exp"]
 
 
 def apply_input(
@@ -140,24 +204,31 @@ def apply_input(
     aggregates it moved (for a replay: every aggregate the row ever counted in, as they
     are, so that they are published again).
     """
+    undone = settle_journal(state)
     application = record["application"]
     key = row_key(application, record["join_key"])
     row = decode_row(state.get(key))
     # The rules update the row in place: note what it was before them.
     old_due = join.next_due(row, expired_memory_ms) if row else None
     waiting = len(row["pend"]) if row else 0
-    counted = feedback_stats.contribution(row)
+    counted = feedback_stats.contribution(row) if _live(row, now) else {}
     counted_in: list[list[Any]] = row.get(AGGREGATES, []) if row else []
     if is_prediction:
-        result = join.on_prediction(row, record, event_ts, src, now, retention_ms)
+        result = join.on_prediction(
+            row, record, event_ts, src, now, retention_ms, expired_memory_ms
+        )
     else:
-        result = join.on_feedback(row, record, event_ts, src, now, pending_ttl_ms)
+        result = join.on_feedback(
+            row, record, event_ts, src, now, pending_ttl_ms, expired_memory_ms
+        )
     after = result.row
+    if after is not None and row is not None and JOURNALED in row and JOURNALED not in after:
+        after = _journaled(after, row[JOURNALED])  # the rules may make a new row (a marker)
     moves: dict[bytes, feedback_stats.Totals] = {}
     if after is not None and not result.replay:
-        # Aggregates are history: only a row that still holds a prediction moves them
-        # (an expired prediction, or one replaced by a marker, keeps counting).
-        counts = feedback_stats.contribution(after) if after["pred"] is not None else None
+        # Aggregates are history: only a row that holds a live prediction moves them (an
+        # expired prediction, swept or not, or one replaced by a marker, keeps counting).
+        counts = feedback_stats.contribution(after) if _live(after, now) else None
         if counts is not None:
             moves = feedback_stats.changes(application, counted, counts)
         counted_in_after = counted_in + [
@@ -171,13 +242,25 @@ def apply_input(
         again = [feedback_stats.stats_key(application, *agg) for agg in counted_in]
         moved: Moved = {share: state.get(share) for share in again}
     else:
-        # Shares and the pending count first, then the row (see `streams.worker.feedback_stats`).
+        # The journal, the shares and the pending count, then the row (see
+        # `streams.worker.feedback_stats`).
         moved = {}
+        waiting_after = len(after["pend"]) if after is not None else 0
+        if after is not None and (moves or waiting_after != waiting):
+            entry = [
+                src,
+                key.decode("latin-1"),
+                [[k.decode("latin-1"), d] for k, d in moves.items()],
+            ]
+            state[JOURNAL_KEY] = orjson.dumps([*entry, waiting_after - waiting])
+            after = _journaled(after, src)
         for share, delta in moves.items():
             stored = state.get(share)
             if feedback_stats.moved_by(stored) != src:
-                state[share] = moved[share] = feedback_stats.merge(stored, delta, src)
-        waiting_after = len(after["pend"]) if after is not None else 0
+                stored = state[share] = feedback_stats.merge(stored, delta, src)
+            # Already moved by this input before a crash cut its writes short: not moved
+            # again, but published again (what it published may not have left).
+            moved[share] = stored
         if waiting_after != waiting:
             stored = state.get(PENDING_KEY)
             if feedback_stats.moved_by(stored) != src:
@@ -192,4 +275,5 @@ def apply_input(
         new_due=join.next_due(after, expired_memory_ms) if after else None,
         reindex=result.replay,
     )
-    return result, waiting, moved
+    result.row = after
+    return result, waiting, {**undone, **moved}

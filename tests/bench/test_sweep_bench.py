@@ -24,7 +24,7 @@ def test_quick_sweep_costs_cover_every_fraction_and_size(
     }
     for line in costs:
         assert line["expired"] == max(1, round(line["stored"] * line["fraction"]))
-        assert line["us_per_expired_key"] > 0 and line["empty_sweep_after_ms"] >= 0
+        assert line["us_per_expired_key"] > 0 and line["empty_sweep_after_ms"] > 0
     assert list(tmp_path.glob("sweep-bench-*")) == []  # the databases are cleaned up
 
 
@@ -38,4 +38,6 @@ def test_quick_latency_run_sweeps_while_every_feedback_joins(
     latency = json.loads(out.read_text())["latency"]
     assert latency["missing_joins"] == 0
     assert latency["swept_rows"] == [latency["bulk"]]  # one sweep took the whole bulk
-    assert latency["quiet"]["n"] > 0 and latency["sweep"]["n"] >= 0
+    # Feedback was sent and joined while the sweep ran (the point of the run), and outside it.
+    assert latency["quiet"]["n"] > 0 and latency["sweep"]["n"] > 0
+    assert latency["sweep_seconds"][0] > 0

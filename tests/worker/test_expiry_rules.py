@@ -242,10 +242,19 @@ def test_pending_feedback_times_out_to_no_prediction_after_the_ttl(clock: Manual
     assert join.expire_due(waiting, clock.ms, MEMORY).emits == []
     clock.advance(1)
     timed_out = join.expire_due(waiting, clock.ms, MEMORY)
-    assert timed_out.row is None
+    assert timed_out.row is not None and timed_out.row["pend"] == []
     assert [(e.topic, e.record["reason"]) for e in timed_out.emits] == [
         ("unmatched", "no_prediction")
     ]
+    # Remembered for STREAMS_EXPIRED_MEMORY: read again after a crash it is a replay, not
+    # new pending feedback (a second outcome); sent again by a producer, a duplicate.
+    replayed = join.on_feedback(timed_out.row, feedback("k", "f1"), 0, "f0:1", clock.ms, TTL)
+    assert replayed.replay and replayed.emits == [] and replayed.row is not None
+    assert replayed.row["pend"] == []
+    retried = join.on_feedback(timed_out.row, feedback("k", "f1"), 0, "f0:9", clock.ms, TTL)
+    assert retried.outcome == "duplicate"
+    assert join.next_due(timed_out.row, MEMORY) == clock.ms + MEMORY
+    assert join.expire_due(timed_out.row, clock.ms + MEMORY, MEMORY).row is None
     # A prediction arriving after the timeout is stored but joins nothing.
     late = join.on_prediction(timed_out.row, prediction("k"), clock.ms, "p0:1", clock.ms, RETENTION)
     assert late.outcome == "stored" and late.emits == []
@@ -314,13 +323,17 @@ def test_sweep_times_out_pending_feedback_with_its_join_key(
     part.state.put(PENDING_KEY, moved_pending(None, 3, "f0:2"))  # as the worker keeps it
     clock.advance(TTL)
     totals = part.sweep()
-    assert totals.timed_out == 2 and totals.forgotten == 1
+    assert totals.timed_out == 2 and totals.forgotten == 0
     assert orjson.loads(part.state.get(PENDING_KEY)) == [1, "f0:2"], "counted down, mark kept"
     assert (PENDING_KEY, part.state.get(PENDING_KEY)) in part.changelog["state"]
     assert [(key, e.record["reason"]) for key, e in totals.emits] == [
         (b"orphan", "no_prediction"),
         (b"orphan", "no_prediction"),
     ]
+    # The row remembers the two for STREAMS_EXPIRED_MEMORY (a replay is no new input), then goes.
+    assert sorted(part.row("orphan")["done"]) == ["f1", "f2"]
+    clock.advance(MEMORY)
+    assert part.sweep().forgotten == 1
     assert part.row("orphan") is None and part.index() == []
     assert part.changelog["state"][-1] == (row_key("loans", "orphan"), None)
 

@@ -16,13 +16,18 @@ from harness import (
     Start,
     by_id,
     feedback,
+    key_on_partition,
     metric,
     prediction,
+    processing_errors,
     read_topic,
+    read_until_ids,
     wait_for,
 )
 
 from streams.records import load_schema
+from streams.settings import Settings
+from streams.topics import create_topics
 from streams.worker.join import joined_id
 from streams.worker.processing import partition_for
 
@@ -113,6 +118,9 @@ def test_scope_retries_replacements_and_duplicates(
     worker = workers(STREAMS_PENDING_TTL="3s")
     pred = prediction("loans", "shared")
     producer.send("predictions", pred)
+    # A key on the same partition, for a sentinel feedback sent after what must not appear.
+    near = key_on_partition(partition_for(b"shared", 4), 4)
+    producer.send("predictions", prediction("loans", near))
     producer.send("feedback", other_app := feedback("chat", "shared", {"thumbs_up": True}))
     producer.flush()
     # Same key, other application: never joined; it times out as no_prediction.
@@ -124,8 +132,13 @@ def test_scope_retries_replacements_and_duplicates(
     first = feedback("loans", "shared", {"a": 1})
     producer.send("feedback", first)
     producer.send("feedback", first)  # the same feedback twice
+    sentinel = feedback("loans", near, {"sentinel": True})
+    producer.send("feedback", sentinel)  # same partition, after both: joined after them
     producer.flush()
-    out = read_topic(bootstrap, topic_prefix + "joined", 1, settle=2.0)
+    out = read_until_ids(
+        bootstrap, topic_prefix + "joined", {joined_id("loans", near, sentinel["event_id"])}
+    )
+    out = [r for r in out if r.value["join_key"] == "shared"]
     assert len(out) == 1 and out[0].value["inputs"] == pred["inputs"]
     replacement = prediction("loans", "shared", inputs={"text": "replaced"})
     producer.send("predictions", replacement)
@@ -136,7 +149,7 @@ def test_scope_retries_replacements_and_duplicates(
             metric(
                 worker.metrics(), "streams_outcomes_total", topic="predictions", outcome="stored"
             )
-            == 2
+            == 3  # the first prediction, the sentinel's, the replacement
         ),
         20,
         "the replacement stored",
@@ -144,7 +157,10 @@ def test_scope_retries_replacements_and_duplicates(
     second = feedback("loans", "shared", {"b": 2})
     producer.send("feedback", second)
     producer.flush()
-    out = read_topic(bootstrap, topic_prefix + "joined", 2, settle=1.0)
+    out = read_until_ids(
+        bootstrap, topic_prefix + "joined", {joined_id("loans", "shared", second["event_id"])}
+    )
+    out = [r for r in out if r.value["join_key"] == "shared"]
     assert len(out) == 2
     latest = by_id(out)[joined_id("loans", "shared", second["event_id"])]
     assert latest["inputs"] == {"text": "replaced"} and latest["feedback"] == {"a": 1, "b": 2}
@@ -216,8 +232,8 @@ BAD = [
     ("invalid_json", b"{not json", "k-json", "value"),
     ("invalid_utf8", b'{"schema": "\xff\xfe"}', "k-utf8", "value"),
     ("schema_violation", None, "k-schema", "feedback"),
-    ("missing_join_key", None, None, "key"),
-    ("key_mismatch", None, "other-key", "key"),
+    ("missing_join_key", None, None, "key: the Kafka record has no key"),
+    ("key_mismatch", None, "other-key", "key: 'other-key' differs from join_key 'k-mismatch'"),
     ("oversized", b"x" * 5000, "k-big", "STREAMS_MAX_RECORD_BYTES"),
     ("unknown_schema", None, "k-unknown", "schema"),
 ]
@@ -376,3 +392,15 @@ def test_records_from_the_sdk_and_any_compression_are_joined(
         expected += 1
     out = read_topic(bootstrap, topic_prefix + "joined", expected, settle=1.0)
     assert len({r.value["id"] for r in out}) == expected
+
+
+def test_processing_errors_are_read_from_the_deadletter_topic(
+    env: dict[str, str], producer: RawProducer, topic_prefix: str
+) -> None:
+    """The check every worker test ends with (`workers` fixture) finds a processing_error."""
+    create_topics(Settings.from_env(env))
+    for reason in ("invalid_json", "processing_error"):
+        producer.send("deadletter", {"reason": reason, "detail": "x"}, key="k")
+    producer.flush()
+    found = processing_errors(env["STREAMS_BOOTSTRAP_SERVERS"], topic_prefix + "deadletter")
+    assert [record["reason"] for record in found] == ["processing_error"]
