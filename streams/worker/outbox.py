@@ -8,16 +8,15 @@ emitted. It is written in C and batches in its own thread: handing it a record c
 a few microseconds, where faust's producer path (its buffer, then aiokafka's
 Python batch builder and response parsing) cost most of the worker's time per input.
 
-The safety rule (see `streams.worker.app`): before faust commits input offsets, `flush()`
-waits until Kafka has every record handed to the outbox so far. A delivery that
-fails for good (after librdkafka's own retries) is not skipped over: `flush()` and
-`drain()` raise, and the worker stops before the commit, so the inputs are read
+The safety rule (see `streams.worker.checkpoint`): before input offsets are committed,
+`drain()` waits until Kafka has every record handed to the outbox so far. A delivery
+that fails for good (after librdkafka's own retries) is not skipped over: `drain()`
+and `flush()` raise, and the worker stops before the commit, so the inputs are read
 again after a restart.
 
-Changelog records also move faust's bookkeeping on: the offset of the last changelog
-record Kafka took, per partition, is what faust keeps in each RocksDB database as the
-"persisted offset" (`Store.set_persisted_offset`), so that a restart on the same data
-directory reads only the changelog written after it.
+From the delivery reports the outbox keeps, per changelog partition, the offset of the
+last record Kafka took (`delivered`): the checkpoint each table database stores with
+its writes (`streams.worker.tables`).
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ class Outbox:
             }
         )
         self.failures: list[str] = []
-        self.persisted: Offsets = {}
+        self.delivered: Offsets = {}
         self._on_delivery: Callable[[KafkaError | None, Message], None] = self._delivered
 
     def send(
@@ -90,15 +89,15 @@ class Outbox:
         if error is not None:
             self.failures.append(f"{topic}[{message.partition()}]: {error}")
         elif topic in self.changelogs:
-            self.persisted[(topic, message.partition() or 0)] = message.offset() or 0
+            self.delivered[(topic, message.partition() or 0)] = message.offset() or 0
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.failures.append(f"fatal producer error: {error}")
         log.warning("producer_error error=%s", error)
 
-    async def drain(self) -> Offsets:
-        """Wait until Kafka has every record sent so far; return and forget the changelog offsets.
+    async def drain(self) -> None:
+        """Wait until Kafka has every record sent so far.
 
         The waiting happens in a thread, so the event loop goes on meanwhile. Raises
         `DeliveryFailed` when a record could not be delivered.
@@ -107,17 +106,15 @@ class Outbox:
         self.producer.poll(0)  # cheap: serve the deliveries that are already in
         while len(self.producer):
             await loop.run_in_executor(None, self.producer.flush, 0.5)
-        return self._delivered_offsets()
+        self._raise_failures()
 
-    def flush(self) -> Offsets:
-        """As `drain`, blocking the caller: for faust's commit, which must not go on before."""
+    def flush(self) -> None:
+        """As `drain`, blocking: for a rebalance callback, which must not return first."""
         while len(self.producer):
             self.producer.flush(0.5)
         self.producer.poll(0)
-        return self._delivered_offsets()
+        self._raise_failures()
 
-    def _delivered_offsets(self) -> Offsets:
+    def _raise_failures(self) -> None:
         if self.failures:  # kept: every later call fails too, the worker must stop
             raise DeliveryFailed("; ".join(self.failures[:10]))
-        offsets, self.persisted = self.persisted, {}
-        return offsets

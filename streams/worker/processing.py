@@ -1,6 +1,7 @@
 """Per-record processing: decode an input, check its partition, apply the join rule.
 
-`Processor.process` turns one input message into the records to send, in order:
+`Processor.process` turns one input record (a confluent-kafka `Message`) into the
+records to send, in order:
 a dead letter for a record that cannot be read, the record itself back to the right
 partition for a misplaced one, or what the join rule emitted. It also moves the
 metrics and remembers the aggregate shares the input changed until they are published.
@@ -69,15 +70,16 @@ class Processor:
         self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
 
     def process(self, message: Any) -> list[Outgoing]:
-        """Handle one input message; return (output topic, key, value) to send, in order."""
-        kind = self.kind_of[message.topic]
+        """Handle one input record; return the records to send, in order."""
+        kind = self.kind_of[message.topic()]
         self.metrics.records_in.labels(kind).inc()
         now = self.clock.now_ms()
-        kafka_ts = int(message.timestamp * 1000) if message.timestamp else now
+        kafka_ts = message.timestamp()[1]
+        if kafka_ts <= 0:
+            kafka_ts = now
+        key, value = message.key(), message.value()
         try:
-            record = decode_input(
-                SCHEMA_OF[kind], message.key, message.value, self.settings.max_record_bytes
-            )
+            record = decode_input(SCHEMA_OF[kind], key, value, self.settings.max_record_bytes)
             event_ts = parse_ts(record["timestamp"]) if record.get("timestamp") else kafka_ts
         except RecordError as error:
             return [self._deadletter(kind, message, error, kafka_ts, now)]
@@ -91,28 +93,27 @@ class Processor:
                     now,
                 )
             ]
-        expected = partition_for(message.key, self.settings.partitions)
-        if message.partition != expected:
+        partition = message.partition()
+        expected = partition_for(key, self.settings.partitions)
+        if partition != expected:
             self.metrics.outcomes.labels(kind, "rerouted").inc()
             log.info(
                 "rerouted topic=%s partition=%d offset=%d to=%d",
-                message.topic,
-                message.partition,
-                message.offset,
+                message.topic(),
+                partition,
+                message.offset(),
                 expected,
             )
-            origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
-            return [
-                Outgoing(kind, message.key, message.value, expected, [(REROUTED_HEADER, origin)])
-            ]
+            origin = f"{message.topic()}/{partition}/{message.offset()}".encode()
+            return [Outgoing(kind, key, value, expected, [(REROUTED_HEADER, origin)])]
         try:
             return self._apply(kind, record, message, event_ts, now, kafka_ts)
         except Exception as error:  # a bug must not stop the partition: dead-letter it
             log.exception(
                 "processing_error topic=%s partition=%d offset=%d",
-                message.topic,
-                message.partition,
-                message.offset,
+                message.topic(),
+                partition,
+                message.offset(),
             )
             failure = RecordError("processing_error", f"{type(error).__name__}: {error}")
             return [self._deadletter(kind, message, failure, kafka_ts, now)]
@@ -127,32 +128,33 @@ class Processor:
         kafka_ts: int,
     ) -> list[Outgoing]:
         retention = self.settings.retention_for(record["application"]).total_seconds()
-        state, due = self.tables.partition(message.partition)
+        partition = message.partition()
+        tables = self.tables.partition(partition)
         result, waiting_before, moved = apply_input(
-            state,
-            due,
+            tables.state,
+            tables.due,
             record,
             is_prediction=kind == PREDICTIONS,
             event_ts=event_ts,
-            src=f"{kind[0]}{message.partition}:{message.offset}",
+            src=f"{kind[0]}{partition}:{message.offset()}",
             now=now,
             retention_ms=int(retention * 1000),
             pending_ttl_ms=self.pending_ttl_ms,
             expired_memory_ms=self.expired_memory_ms,
         )
         self._count(kind, result, waiting_before, now, kafka_ts)
-        log.debug(
-            "applied topic=%s partition=%d offset=%d outcome=%s replay=%s emits=%d",
-            message.topic,
-            message.partition,
-            message.offset,
-            result.outcome,
-            result.replay,
-            len(result.emits),
-        )
+        if result.replay:
+            log.debug(
+                "replayed topic=%s partition=%d offset=%d outcome=%s emits=%d",
+                message.topic(),
+                partition,
+                message.offset(),
+                result.outcome,
+                len(result.emits),
+            )
         for key, share in moved.items():
-            self.stats_unpublished[(message.partition, key)] = share
-        join_key = message.key
+            self.stats_unpublished[(partition, key)] = share
+        join_key = message.key()
         return [Outgoing(emit.topic, join_key, dumps(emit.record)) for emit in result.emits]
 
     def _count(
@@ -182,19 +184,19 @@ class Processor:
         self.metrics.deadletter.labels(kind, error.reason).inc()
         log.info(
             "deadletter topic=%s partition=%d offset=%d reason=%s",
-            message.topic,
-            message.partition,
-            message.offset,
+            message.topic(),
+            message.partition(),
+            message.offset(),
             error.reason,
         )
         record = deadletter_record(
             error,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
             timestamp_ms=kafka_ts,
-            key=message.key,
-            value=message.value,
+            key=message.key(),
+            value=message.value(),
             now_ms=now,
         )
-        return Outgoing(DEADLETTER, message.key, dumps(record))
+        return Outgoing(DEADLETTER, message.key(), dumps(record))
