@@ -1,24 +1,28 @@
-"""The worker: a faust app whose agent applies batches of input records read by its own consumer.
+"""The worker: a faust app whose reader task applies batches of input records from its own consumer.
 
 Who does what:
 - The reader (a faust task, `_read`) takes whatever input records have arrived from
-  the worker's confluent-kafka consumer (`streams.worker.consumer`), up to `BATCH`, and
-  hands them to the agent as ONE event on an in-memory faust channel; when nothing
-  came it sleeps a few milliseconds (longer the longer it stays idle, at most
+  the worker's confluent-kafka consumer (`streams.worker.consumer`), up to `BATCH`; when
+  nothing came it sleeps a few milliseconds (longer the longer it stays idle, at most
   `IDLE_SLEEP_MAX`), so light traffic is joined at once, never held for a batch to fill.
-- The agent (`_agent`) applies a batch: for each record, decode it (or dead-letter it),
+- It applies each batch (`apply`): for each record, decode it (or dead-letter it),
   check its partition (or reroute it), call the join rule, write the row and its index
   entry to the partition's tables, and hand what the rule emitted to the producer
   (`streams.worker.processing`); at the end of the batch, the changelog records of what
-  it wrote (`streams.worker.tables`).
+  it wrote (`streams.worker.tables`). The batch is applied in the reader's task, not
+  handed to a faust agent through a channel: faust's channels are flow-controlled by
+  faust's own consumer group, and an event in flight across one of its rebalances is
+  dropped (the queue is cleared on resume) or skipped (another generation), which
+  left the reader waiting for a batch that never came (a hung rebalance, seen in
+  tests/worker/test_rebalance.py).
 - The reader then commits when one is due, in the order `streams.worker.checkpoint`
   sets out: changelogs and aggregates to the producer, flush, commit offsets, persist.
-- faust runs the app: the agent, the web pages (`streams.worker.web`), the expiry
-  sweep and the watchdog timers, the lifecycle (SIGTERM). Its own consumer reads
+- faust runs the app: the reader task, the web pages (`streams.worker.web`), the
+  expiry sweep and the watchdog timers, the lifecycle (SIGTERM). Its own consumer reads
   nothing but its leader topic; it owns no table.
 
 One lock orders everything that touches the tables: the reader holds it from a read
-until the agent has applied the batch (and through a commit), the sweep per chunk. So
+until the batch is applied (and through a commit), the sweep per chunk. So
 rebalance callbacks, which run inside the read (`streams.worker.rebalance`), always see
 whole batches and whole chunks.
 
@@ -88,18 +92,8 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
-class Batch:
-    """One event on the agent's channel: input records, and a future set once applied."""
-
-    __slots__ = ("applied", "messages")
-
-    def __init__(self, messages: list[Any]) -> None:
-        self.messages = messages
-        self.applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
 class JoinApp:
-    """The faust app, its consumer, tables, agent, sweep and web pages."""
+    """The faust app, its consumer, tables, reader, sweep and web pages."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -122,8 +116,6 @@ class JoinApp:
         self.partitions = Partitions(self)
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
-        self.batches = self.app.channel()
-        self.app.agent(self.batches, name="join")(self._agent)
         self.app.task(self._read)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
         self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
@@ -135,7 +127,7 @@ class JoinApp:
         self.metrics.pending.set_function(self.pending_now)
         install_pages(self)
 
-    # -- the reader and the agent ----------------------------------------------
+    # -- the reader ---------------------------------------------------------------
 
     async def _read(self) -> None:
         try:
@@ -156,9 +148,7 @@ class JoinApp:
                 try:
                     messages = self.inputs.read(BATCH)
                     if messages:
-                        batch = Batch(messages)
-                        await self.batches.send(value=batch)
-                        await batch.applied
+                        self.apply(messages)
                     self.outbox.producer.poll(0)  # serve delivery reports
                     if self.checkpoint.due():
                         await self.checkpoint.commit()
@@ -170,15 +160,6 @@ class JoinApp:
             else:
                 await asyncio.sleep(idle)
                 idle = min(idle * 2, IDLE_SLEEP_MAX)
-
-    async def _agent(self, stream: Any) -> None:
-        async for batch in stream:
-            try:
-                self.apply(batch.messages)
-            except BaseException as error:
-                batch.applied.set_exception(error)
-                raise
-            batch.applied.set_result(None)
 
     def apply(self, messages: list[Any]) -> None:
         """Apply a batch of input records to the tables and send what they produce."""
@@ -299,6 +280,7 @@ class JoinApp:
                 self.partitions.close()
                 if self.partitions.ready:
                     await self.checkpoint.commit()
+                log.info("released partitions=%s reason=shutdown", sorted(self.partitions.ready))
             except DeliveryFailed as error:
                 self.stop_on(f"delivery_failed error={error}")
             finally:
