@@ -7,7 +7,7 @@ partition p of the table's compacted changelog (`<app id>-state-changelog`,
 
 Writes do not reach RocksDB at once. They go to an in-memory overlay per table
 partition (reads look there first), and their changelog records are handed to the
-outbox at the end of each batch (one record per key and batch: the last value). At a
+outbox at the end of each batch, in the order of the writes. At a
 commit (`streams.worker.checkpoint`), once Kafka has every changelog record and the
 input offsets are committed, `persist` writes each overlay to its database in ONE
 write batch together with the checkpoint: the offset of the partition's last changelog
@@ -103,45 +103,47 @@ class RocksOptions:
 class TablePartition:
     """One partition of one table: its database, the overlay of writes not yet persisted."""
 
-    __slots__ = ("db", "dirty", "outbox", "overlay", "partition", "topic")
+    __slots__ = ("db", "outbox", "overlay", "partition", "topic", "unlogged")
 
     def __init__(self, db: Any, outbox: Outbox, topic: str, partition: int) -> None:
         self.db = db
         self.outbox = outbox
         self.topic = topic
         self.partition = partition
-        self.dirty: dict[bytes, bytes | None] = {}  # written since the last `log_changes`
-        self.overlay: dict[bytes, bytes | None] = {}  # logged, not yet persisted
+        self.overlay: dict[bytes, bytes | None] = {}  # written, not yet persisted
+        # Every write since the last `log_changes`, in order: the changelog gets each one,
+        # not only the last per key, so that a crash leaves a prefix of the writes in it
+        # (what `streams.worker.feedback_stats` relies on to count a replayed input once).
+        self.unlogged: list[tuple[bytes, bytes | None]] = []
 
     def get(self, key: bytes, /) -> bytes | None:
         """The value as last written (None: absent or deleted)."""
-        value = self.dirty.get(key, _ABSENT)
+        value = self.overlay.get(key, _ABSENT)
         if value is _ABSENT:
-            value = self.overlay.get(key, _ABSENT)
-            if value is _ABSENT:
-                return self.db.get(key)  # type: ignore[no-any-return]
+            return self.db.get(key)  # type: ignore[no-any-return]
         return value  # type: ignore[return-value]
 
     def __setitem__(self, key: bytes, value: bytes, /) -> None:
-        self.dirty[key] = value
+        self.overlay[key] = value
+        self.unlogged.append((key, value))
 
     def __delitem__(self, key: bytes, /) -> None:
-        self.dirty[key] = None
+        self.overlay[key] = None
+        self.unlogged.append((key, None))
 
     def log_changes(self) -> None:
-        """Hand the changelog record of each key written since the last call to the outbox."""
-        if not self.dirty:
+        """Hand the changelog records of the writes since the last call to the outbox."""
+        if not self.unlogged:
             return
-        send = self.outbox.send
-        for key, value in self.dirty.items():
-            send(self.topic, key, value, self.partition)
-        self.overlay.update(self.dirty)
-        self.dirty = {}
+        send, topic, partition = self.outbox.send, self.topic, self.partition
+        for key, value in self.unlogged:
+            send(topic, key, value, partition)
+        self.unlogged = []
 
     @property
     def changed(self) -> bool:
         """Anything written and not yet persisted."""
-        return bool(self.dirty or self.overlay)
+        return bool(self.overlay)
 
     def checkpoint(self) -> int | None:
         """The offset of the last changelog record the database holds (None: none)."""
@@ -154,7 +156,7 @@ class TablePartition:
         Only once Kafka has every changelog record in the overlay (`offset` is the
         last one's): see the module docstring.
         """
-        assert not self.dirty, "log_changes() before persist()"
+        assert not self.unlogged, "log_changes() before persist()"
         if not self.overlay:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -170,7 +172,7 @@ class TablePartition:
 
     def discard(self) -> None:
         """Forget what was not persisted (an aborted batch; the changelog may not have it)."""
-        self.dirty = {}
+        self.unlogged = []
         self.overlay = {}
 
 
