@@ -85,6 +85,7 @@ class Partitions:
             consumer.pause([tp for tp in assigned if tp.partition in half])
         for partition in set(host.tables.open_partitions) - set(whole):
             host.tables.close(partition)
+        host.metrics.consumer_lag.clear()  # partitions it no longer owns drop out
         host.inputs.pause(whole)
         for partition in whole:
             self._restore(partition)
