@@ -117,6 +117,23 @@ class WorkerStore(SweepStore, Protocol):
         ...
 
 
+def read_due_keys(db: Any, start: bytes | None, bound: bytes, limit: int) -> list[bytes]:
+    """Up to `limit` keys of a `due` database from `start` (None: the first), below `bound`."""
+    cursor = db.iter()
+    if start is None:
+        cursor.seek_to_first()
+    else:
+        cursor.seek(start)
+    found: list[bytes] = []
+    while cursor.valid() and len(found) < limit:
+        key: bytes = cursor.key()
+        if key >= bound:
+            break
+        found.append(key)
+        cursor.next()
+    return found
+
+
 @dataclass
 class PartitionStore:
     """One partition's `state` and `due` databases (rocksdict `Rdict`) and their changelogs.
@@ -131,19 +148,7 @@ class PartitionStore:
 
     def due_keys(self, start: bytes | None, bound: bytes, limit: int) -> list[bytes]:
         """Up to `limit` index keys from `start` (None: the first) and below `bound`."""
-        cursor = self.due.iter()
-        if start is None:
-            cursor.seek_to_first()
-        else:
-            cursor.seek(start)
-        found: list[bytes] = []
-        while cursor.valid() and len(found) < limit:
-            key: bytes = cursor.key()
-            if key >= bound:
-                break
-            found.append(key)
-            cursor.next()
-        return found
+        return read_due_keys(self.due, start, bound, limit)
 
     def write_index(self, puts: list[bytes], deletes: list[bytes]) -> None:
         """Add and drop index entries in one RocksDB write; hand their records to the changelog."""

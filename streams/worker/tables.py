@@ -30,6 +30,7 @@ from typing import Any
 import rocksdict
 
 from streams.topics import TopicSpec
+from streams.worker.expiry import read_due_keys
 from streams.worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -200,19 +201,7 @@ class PartitionTables:
         (see `streams.worker.expiry.Sweeper`), so only entries written since then,
         which are due later, are not seen.
         """
-        cursor = self.due.db.iter()
-        if start is None:
-            cursor.seek_to_first()
-        else:
-            cursor.seek(start)
-        found: list[bytes] = []
-        while cursor.valid() and len(found) < limit:
-            key: bytes = cursor.key()
-            if key >= bound:
-                break
-            found.append(key)
-            cursor.next()
-        return found
+        return read_due_keys(self.due.db, start, bound, limit)
 
     def write_index(self, puts: list[bytes], deletes: list[bytes]) -> None:
         """Add and drop index entries (persisted at the next commit)."""

@@ -135,24 +135,23 @@ def test_a_restart_reads_only_the_changelog_tail(
         samples = worker.metrics()
         return metric(samples, "streams_outcomes_total", topic="predictions", outcome="stored")
 
+    def store(worker: WorkerProcess, keys: list[str]) -> None:
+        for key in keys:
+            producer.send("predictions", prediction("loans", key))
+        producer.flush()
+        wait_for(lambda: stored(worker) == len(keys), 60, "the predictions stored")
+        assert worker.stop() == 0
+
     first = workers("w1")
     early = [f"e{i}" for i in range(100)]
-    for key in early:
-        producer.send("predictions", prediction("loans", key))
-    producer.flush()
-    wait_for(lambda: stored(first) == len(early), 60, "the early predictions stored")
-    assert first.stop() == 0
+    store(first, early)
     when_it_left = changelog_records()
 
     # Another worker, on an empty data directory, rebuilds everything and writes more.
     other = workers("w2", STREAMS_DATA_DIR=str(tmp_path / "other"))
     assert metric(other.metrics(), "streams_restored_records_total") == when_it_left
     late = [f"l{i}" for i in range(50)]
-    for key in late:
-        producer.send("predictions", prediction("loans", key))
-    producer.flush()
-    wait_for(lambda: stored(other) == len(late), 60, "the late predictions stored")
-    assert other.stop() == 0
+    store(other, late)
     tail = changelog_records() - when_it_left
     assert tail > 0
 
