@@ -35,11 +35,13 @@ unchanged but for a header, to the partition its key hashes to, and joined there
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any, NoReturn
 
 import faust
+from confluent_kafka import KafkaException
 
 from streams.clock import Clock, SystemClock
 from streams.settings import Settings
@@ -92,6 +94,16 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
+def transactional_id(settings: Settings) -> str:
+    """The producer's transactional id: stable per worker (its data directory).
+
+    A worker restarted on its data directory takes the same id, which fences the
+    producer of its previous life and aborts that one's open transaction at once.
+    """
+    where = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+    return f"{settings.app_id}-{where}"
+
+
 class JoinApp:
     """The faust app, its consumer, tables, reader, sweep and web pages."""
 
@@ -107,12 +119,18 @@ class JoinApp:
             name: settings.topic(name) for name in (JOINED, UNMATCHED, DEADLETTER)
         }
         self.stats_topic = settings.topic(FEEDBACK_STATS)
-        self.outbox = Outbox(settings.bootstrap_servers)
+        exactly_once = settings.processing_guarantee == "exactly_once"
+        self.outbox = Outbox(
+            settings.bootstrap_servers,
+            transactional_id=transactional_id(settings) if exactly_once else None,
+        )
         self.tables = Tables(settings.data_dir, settings.app_id, self.outbox)
         self.processor = Processor(settings, self.clock, self.metrics, self.tables, self.kind_of)
         self.expired_memory_ms = self.processor.expired_memory_ms
         self.inputs = InputConsumer(settings, self.kind_of, self.metrics)
-        self.checkpoint = Checkpoint(self.outbox, self.tables, self.inputs, self.publish_stats)
+        self.checkpoint = Checkpoint(
+            self.outbox, self.tables, self.inputs, self.publish_stats, self.discard_stats
+        )
         self.partitions = Partitions(self)
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
@@ -154,6 +172,8 @@ class JoinApp:
                         await self.checkpoint.commit()
                 except DeliveryFailed as error:
                     self.stop_on(f"delivery_failed error={error}")
+                except KafkaException as error:  # fenced, or the producer failed for good
+                    self.stop_on(f"commit_failed error={error}")
             if messages:
                 idle = IDLE_SLEEP_MIN
                 await asyncio.sleep(0)  # let the web pages and timers in
@@ -206,6 +226,10 @@ class JoinApp:
                 feedback_stats.stats_value(key, raw, partition, now),
             )
 
+    def discard_stats(self) -> None:
+        """Forget every changed share not yet published (an aborted transaction moved them)."""
+        self.processor.stats_unpublished = {}
+
     def drop_unpublished(self, partitions: set[int]) -> None:
         """Forget the changed shares of partitions that were lost (their new owner publishes)."""
         unpublished = self.processor.stats_unpublished
@@ -228,6 +252,8 @@ class JoinApp:
             await self.checkpoint.commit()
         except DeliveryFailed as error:
             self.stop_on(f"delivery_failed error={error}")
+        except KafkaException as error:
+            self.stop_on(f"commit_failed error={error}")
 
     async def drain(self) -> None:
         """Wait until Kafka has everything sent so far (without blocking the event loop)."""

@@ -27,9 +27,15 @@ have, so local state and changelog never disagree (the gap the faust-table worke
 Nothing else runs meanwhile: the worker's lock is held from 1 to 5, so no batch is
 applied and no sweep chunk written between the flush and the RocksDB write.
 
-Exactly-once (a later step) keeps this order: 1-2 inside the transaction, 3-4 become
-`send_offsets_to_transaction` and `commit_transaction`, and an aborted transaction
-discards the pending writes (`Tables.discard`) and rewinds the inputs.
+With `exactly_once` (`STREAMS_PROCESSING_GUARANTEE`) everything between two commits
+is one Kafka transaction of the outbox's transactional producer, and 4 becomes
+`send_offsets_to_transaction` (with the input consumer's group metadata: a worker whose
+partitions moved is fenced) and `commit_transaction`. A transaction Kafka refuses is
+aborted: its records never reach a `read_committed` reader, the pending writes are
+discarded (`Tables.discard`: they never reached RocksDB) and the inputs are rewound to
+their committed offsets, so the batch is applied again. Commits come every
+`EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS` then: a `read_committed` reader sees a joined
+record only once its transaction is committed, so the interval bounds the latency.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException, TopicPartition
 
 from streams.worker.outbox import Outbox
 from streams.worker.tables import Tables
@@ -46,6 +55,7 @@ from streams.worker.tables import Tables
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 1.0
+EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS = 0.1
 COMMIT_EVERY_RECORDS = 20_000
 
 
@@ -60,6 +70,18 @@ class OffsetCommitter(Protocol):
         """Commit the offsets of the records applied (blocking)."""
         ...
 
+    def take_applied(self) -> list[TopicPartition]:
+        """The offsets to commit for the records applied, forgotten here."""
+        ...
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for `send_offsets_to_transaction`."""
+        ...
+
+    def rewind(self, offsets: list[TopicPartition]) -> None:
+        """Read these partitions again from their committed offsets."""
+        ...
+
 
 class Checkpoint:
     """Decides when to commit and commits in the order of the module docstring."""
@@ -70,19 +92,26 @@ class Checkpoint:
         tables: Tables,
         inputs: OffsetCommitter,
         publish_stats: Callable[[], None],
+        discard_stats: Callable[[], None],
     ) -> None:
         self.outbox = outbox
         self.tables = tables
         self.inputs = inputs
         self.publish_stats = publish_stats
+        self.discard_stats = discard_stats
         self.applied = 0  # inputs applied since the last commit
         self.last = time.monotonic()
+        self.interval = (
+            EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS
+            if outbox.transactional
+            else COMMIT_INTERVAL_SECONDS
+        )
 
     def due(self) -> bool:
         """Time for a commit: the interval passed with something to commit, or many records."""
         if self.applied >= COMMIT_EVERY_RECORDS:
             return True
-        return time.monotonic() - self.last >= COMMIT_INTERVAL_SECONDS and self.pending()
+        return time.monotonic() - self.last >= self.interval and self.pending()
 
     def pending(self) -> bool:
         """Anything applied or written since the last commit."""
@@ -94,7 +123,15 @@ class Checkpoint:
         self.publish_stats()
         await self.outbox.drain()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.inputs.commit_applied)
+        if self.outbox.transactional:
+            offsets = self.inputs.take_applied()
+            commit = partial(self.outbox.commit_transaction, offsets, self.inputs.group_metadata())
+            try:
+                await loop.run_in_executor(None, commit)
+            except KafkaException as error:
+                self._abort(error, offsets)
+        else:
+            await loop.run_in_executor(None, self.inputs.commit_applied)
         self.tables.persist()
         self._done()
 
@@ -103,9 +140,25 @@ class Checkpoint:
         self.tables.log_changes()
         self.publish_stats()
         self.outbox.flush()
-        self.inputs.commit_applied()
+        if self.outbox.transactional:
+            offsets = self.inputs.take_applied()
+            try:
+                self.outbox.commit_transaction(offsets, self.inputs.group_metadata())
+            except KafkaException as error:
+                self._abort(error, offsets)
+        else:
+            self.inputs.commit_applied()
         self.tables.persist()
         self._done()
+
+    def _abort(self, error: KafkaException, offsets: list[TopicPartition]) -> None:
+        if not error.args[0].txn_requires_abort():
+            raise error  # fenced or fatal: this worker must stop
+        log.warning("transaction_aborted error=%s", error)
+        self.outbox.abort_transaction()
+        self.tables.discard()
+        self.discard_stats()
+        self.inputs.rewind(offsets)
 
     def _done(self) -> None:
         self.applied = 0

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
@@ -95,6 +95,27 @@ class InputConsumer:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
             log.warning("commit_refused partitions=%d error=%s", len(offsets), error)
+
+    def take_applied(self) -> list[TopicPartition]:
+        """The offsets to commit for the records applied (in a transaction), forgotten here."""
+        applied, self.applied = self.applied, {}
+        return [TopicPartition(t, p, o) for (t, p), o in applied.items()]
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for `send_offsets_to_transaction`."""
+        return self.consumer.consumer_group_metadata()
+
+    def rewind(self, offsets: list[TopicPartition]) -> None:
+        """Read these partitions again from their committed offsets (an aborted transaction)."""
+        if not offsets:
+            return
+        committed = self.consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in offsets], timeout=30
+        )
+        for tp in committed:
+            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            log.info("rewind topic=%s partition=%d offset=%d", tp.topic, tp.partition, start)
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the applied offsets of lost partitions (this worker never commits them)."""

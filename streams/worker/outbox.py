@@ -14,6 +14,12 @@ that fails for good (after librdkafka's own retries) is not skipped over: `drain
 and `flush()` raise, and the worker stops before the commit, so the inputs are read
 again after a restart.
 
+With `exactly_once` the producer is transactional: the first record after a commit begins
+a transaction, and `commit_transaction` ends it together with the input offsets
+(`send_offsets_to_transaction` with the consumer's group metadata, so a worker whose
+partitions have moved is fenced, KIP-447). A transaction that fails is aborted:
+nothing of it reaches a `read_committed` reader.
+
 From the delivery reports the outbox keeps, per changelog partition, the offset of the
 last record Kafka took (`delivered`): the checkpoint each table database stores with
 its writes (`streams.worker.tables`).
@@ -26,13 +32,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 # (changelog topic, partition) -> the offset of its last record Kafka has taken.
 Offsets = dict[tuple[str, int], int]
+
+
+# A transaction spans one commit interval (0.1 s); a dead worker's open one is aborted by
+# the broker after this long when no restart on its data directory fences it sooner.
+TRANSACTION_TIMEOUT_MS = 10_000
+TRANSACTION_CALL_TIMEOUT = 30.0
 
 
 class DeliveryFailed(RuntimeError):
@@ -42,22 +54,33 @@ class DeliveryFailed(RuntimeError):
 class Outbox:
     """One idempotent producer for every record the worker writes; see the module docstring."""
 
-    def __init__(self, bootstrap_servers: str, changelogs: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        changelogs: set[str] | None = None,
+        transactional_id: str | None = None,
+    ) -> None:
         self.changelogs: set[str] = changelogs if changelogs is not None else set()
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",
-                "compression.type": "lz4",
-                "linger.ms": 2,
-                "batch.num.messages": 10_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-                "error_cb": self._on_error,
-            }
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+            "linger.ms": 2,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "error_cb": self._on_error,
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+            config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
+        self.producer = Producer(config)
+        self.transactional = transactional_id is not None
+        self.in_transaction = False
+        if self.transactional:
+            self.producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
         self.failures: list[str] = []
         self.delivered: Offsets = {}
         self._on_delivery: Callable[[KafkaError | None, Message], None] = self._delivered
@@ -71,6 +94,9 @@ class Outbox:
         headers: Headers | None = None,
     ) -> None:
         """Queue one record (value None: a tombstone); `drain()` waits until Kafka has it."""
+        if self.transactional and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
@@ -114,6 +140,30 @@ class Outbox:
             self.producer.flush(0.5)
         self.producer.poll(0)
         self._raise_failures()
+
+    def commit_transaction(self, offsets: list[TopicPartition], group: Any) -> None:
+        """Commit the transaction with the input `offsets`; blocking (call it from a thread).
+
+        Raises `KafkaException`: `txn_requires_abort()` says whether `abort_transaction`
+        recovers; any other error (fenced, fatal) means this worker must stop.
+        """
+        if not self.in_transaction:
+            if not offsets:
+                return
+            self.producer.begin_transaction()
+            self.in_transaction = True
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, group, TRANSACTION_CALL_TIMEOUT)
+        self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)
+        self.in_transaction = False
+        self._raise_failures()
+
+    def abort_transaction(self) -> None:
+        """Abort the open transaction: none of its records reaches a `read_committed` reader."""
+        if self.in_transaction:
+            self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
+            self.in_transaction = False
+        self.failures.clear()
 
     def _raise_failures(self) -> None:
         if self.failures:  # kept: every later call fails too, the worker must stop
