@@ -166,6 +166,16 @@ def test_a_restart_reads_only_the_changelog_tail(
     )
     assert_joined_once_by_id(out, events)
 
+    def lag_and_batches() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        samples = again.metrics()
+        lag = {k: v for k, v in samples.items() if k[0] == "streams_consumer_lag"}
+        # Both inputs, 4 partitions each, everything read (librdkafka's statistics, every 2 s).
+        return samples if len(lag) == 8 and not any(lag.values()) else None
+
+    samples = wait_for(lag_and_batches, 20, "no lag on every input partition")
+    assert metric(samples, "streams_batch_size_count") >= 1
+    assert metric(samples, "streams_batch_size_sum") == len(events)
+
 
 def test_restoring_one_partition_does_not_stop_the_others(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str, env: dict[str, str]
