@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -96,3 +97,51 @@ def test_sigkill_mid_stream_loses_no_joined_record(
     expected = [len(thumbs), sum(thumbs), len(thumbs) - sum(thumbs), 0, 0]
     wait_until_equal(thumbs_up_totals, expected, timeout=60)
     print(f"{guarantee}: {repeats} repeated joined records")
+
+
+def test_a_paused_worker_whose_partitions_moved_is_fenced(
+    workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
+) -> None:
+    """Invariant (exactly_once): a worker frozen past its session timeout adds nothing later.
+
+    It is frozen (SIGSTOP) while records flow, likely inside an open transaction; its
+    partitions go to another worker; once thawed (SIGCONT) it can commit nothing (its
+    transaction timed out, its group generation is gone), so a read_committed reader sees
+    every joined record exactly once, and the thawed worker exits (70) or goes on cleanly.
+    """
+    eos = {"STREAMS_PROCESSING_GUARANTEE": "exactly_once"}
+    first = workers("w1", **eos)
+    assert first.process is not None
+    keys = [f"z{i}" for i in range(600)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(
+        target=lambda: events.extend(produce_stream(producer, keys[:400], 4.0))
+    )
+    sender.start()
+    time.sleep(2.0)
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        sender.join()
+        second = workers("w2", wait=False, **eos)
+        second.wait_healthy(timeout=AFTER_CRASH_TIMEOUT)  # once the first one's session ended
+        read_topic(
+            bootstrap,
+            topic_prefix + "joined",
+            len(events),
+            timeout=AFTER_CRASH_TIMEOUT,
+            until=all_joined(events),
+        )
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    events.extend(produce_stream(producer, keys[400:], 2.0))
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=5.0,
+        until=all_joined(events),
+    )
+    assert_joined_once_by_id(out, events)
+    assert len(out) == len(keys), f"{len(out) - len(keys)} repeated joined records"
+    assert first.process.poll() in (None, 70), first.log_tail()
