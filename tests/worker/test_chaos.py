@@ -76,6 +76,18 @@ def test_sigkill_mid_stream_loses_no_joined_record(
         settle=2.0,
         until=all_joined(events),
     )
+    check_joined_and_aggregates(bootstrap, topic_prefix, out, events, guarantee)
+
+
+def check_joined_and_aggregates(
+    bootstrap: str,
+    topic_prefix: str,
+    out: list[Any],
+    events: list[dict[str, object]],
+    guarantee: str,
+) -> None:
+    """Every expected joined record is there (none at all repeated with exactly_once), and the
+    thumbs_up aggregates on feedback-stats count each prediction once."""
     assert_joined_once_by_id(out, events)
     repeats = len(out) - len({r.value["id"] for r in out})
     if guarantee == "exactly_once":
@@ -97,6 +109,42 @@ def test_sigkill_mid_stream_loses_no_joined_record(
     expected = [len(thumbs), sum(thumbs), len(thumbs) - sum(thumbs), 0, 0]
     wait_until_equal(thumbs_up_totals, expected, timeout=60)
     print(f"{guarantee}: {repeats} repeated joined records")
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_three_sigkills_under_load_lose_nothing_and_count_exactly(
+    workers: Start,
+    producer: RawProducer,
+    bootstrap: str,
+    topic_prefix: str,
+    env: dict[str, str],
+    guarantee: str,
+) -> None:
+    """Invariant: killed three times while 20,000 feedback flow (restarted on its own data
+    directory twice, on an empty one once), the worker joins each feedback (exactly once for
+    a read_committed reader with exactly_once), and the aggregates count each once."""
+    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee)
+    keys = [f"k{i}" for i in range(20_000)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 90.0)))
+    sender.start()
+    for lose_local_state in (False, False, True):
+        time.sleep(4.0)  # joining, with transactions open
+        worker.kill()
+        if lose_local_state:
+            shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
+        worker.start(wait=False)
+        worker.wait_healthy(timeout=AFTER_CRASH_TIMEOUT)  # the killed one's session ended
+    sender.join()
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=2.0,
+        until=all_joined(events),
+    )
+    check_joined_and_aggregates(bootstrap, topic_prefix, out, events, guarantee)
 
 
 def test_a_paused_worker_whose_partitions_moved_is_fenced(
