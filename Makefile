@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench kafka-up kafka-down clean
+.PHONY: install test lint demo bench peers kafka-up kafka-down clean
 
 install: $(VENV)/.installed
 
@@ -28,10 +28,17 @@ lint: install
 demo: install
 	$(BIN)/python -m streams.demo
 
-## bench: the benchmark of BENCHMARK.md, the worker against a plain confluent-kafka loop
+## bench: the benchmark of BENCHMARK.md: the worker, the lean loop, Kafka Streams, Quix Streams
+## (the peers are built on demand; BENCH_ARGS=--scale for the scale mode)
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+## peers: build the benchmark's peers now (bench/kstreams with Maven, .venv-quix)
+peers: install
+	$(BIN)/python -m bench.peers
+
+## kafka-up: the local broker on localhost:9092; `make kafka-up KAFKA_SECURE=1` starts the
+## secured one instead (localhost:19092, SASL and TLS listeners on 19094-19096, see README)
 kafka-up:
 	scripts/kafka.sh up
 
@@ -40,3 +47,4 @@ kafka-down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis streams-data
+	rm -rf .venv-quix bench/kstreams/target .peers-build.lock

@@ -6,7 +6,8 @@ same validation), `state.apply_input` (the same keys, rows, join rules and due i
 as the worker's agent), and `deadletter.deadletter_record`. What it leaves out: the
 changelog topics (its state survives only on the local disk), the expiry sweep
 (nothing expires during a benchmark), rerouting (one process owns every partition)
-and metrics.
+and metrics. Like every contender it writes when it read its first input record to
+`STREAMS_DATA_DIR/first-read-ms`.
 
 Commit order, as the worker's: every batch's outputs are handed to the producer; every
 second (or 1,000 records) the producer is flushed, then the consumed offsets are
@@ -27,7 +28,9 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer
 from rocksdict import Options, Rdict
 
+from bench.proc import mark_first_read
 from streams.errors import RecordError
+from streams.kafka_config import librdkafka_config
 from streams.records import decode_input, dumps, parse_ts
 from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, PREDICTIONS
@@ -53,7 +56,7 @@ class BaselineJoin:
         self.expired_memory_ms = int(settings.expired_memory.total_seconds() * 1000)
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "group.id": settings.app_id,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -61,7 +64,7 @@ class BaselineJoin:
         )
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "partitioner": "murmur2_random",  # one join_key, one partition of joined
                 "enable.idempotence": True,
                 "linger.ms": 2,
@@ -74,6 +77,7 @@ class BaselineJoin:
         self.due = Rdict(str(settings.data_dir / "due"), options)
         self.stats_unpublished: dict[tuple[int, bytes], bytes | None] = {}
         self.running = True
+        self.first_read_marked = False
 
     def run(self) -> None:
         """Consume, join and produce until SIGTERM/SIGINT; then flush, commit and close."""
@@ -84,6 +88,9 @@ class BaselineJoin:
                 # consume() alone would wait out its timeout for a full batch.
                 first = self.consumer.poll(0.05)
                 messages = [] if first is None else [first, *self.consumer.consume(BATCH - 1, 0)]
+                if messages and not self.first_read_marked:
+                    mark_first_read(self.settings.data_dir)
+                    self.first_read_marked = True
                 for message in messages:
                     if message.error() is None:
                         self.process(message)

@@ -13,34 +13,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
+from bench.proc import records_in
 from streams.settings import Settings
 from streams.topics import FEEDBACK, PREDICTIONS
 from streams.worker.app import RAW, faust_app
-
-
-def records_in(settings: Settings, topics: list[str]) -> int:
-    """How many records the topics hold now (from offset 0: nothing has expired yet)."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": uuid.uuid4().hex}
-    )
-    try:
-        total = 0
-        for topic in topics:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            for partition in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                total += high - low
-        return total
-    finally:
-        consumer.close()
 
 
 def main() -> int:

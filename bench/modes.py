@@ -1,10 +1,14 @@
 """The benchmark's measurements of one contender: throughput (with restart) and latency.
 
 Throughput: preload both topics, start the contender, read `joined` until every
-expected record is there. The rate is joined records over the span of their Kafka
-timestamps (first to last output). CPU per 1,000 joins counts the contender's CPU from
-the first joined record read to the last, so start-up is left out; peak RSS is read
-before it stops, disk after (RocksDB has flushed by then).
+expected record is there (or, for a peer that cannot join some, until its group has
+committed all its input and nothing new comes). The rate is the distinct expected joined
+records it emitted over the time from its first input read (`FirstRead`) to its last
+joined record (its Kafka timestamp, stamped by the broker: `joined` is a LogAppendTime
+topic here), the same for every contender. Completeness is those records over the
+expected ones. CPU per 1,000 joins counts the contender's CPU from the first joined
+record read to the last, so start-up is left out; peak RSS is read before it stops,
+disk after (RocksDB has flushed by then).
 
 Restart: with the contender stopped, log new feedback on stored predictions, start it
 again on the same data directory, and time until the first of those joins is read.
@@ -13,7 +17,7 @@ Ceiling: preload the same workload and let `bench.ceiling` (the worker's
 faust app with an agent that only counts) read it; its records per second, in joined
 records at this workload's mix, are the most any worker on faust can reach here.
 
-Latency: start the contender on fresh topics, wait for a warm-up join, then send at a
+Latency: start the contender on fresh topics, wait for the warm-up joins, then send at a
 fixed rate (open loop) and take, per joined record, read time minus the feedback's
 `timestamp` (set by the SDK when it queued the record; one host, one clock).
 """
@@ -27,15 +31,25 @@ from typing import Any
 
 import orjson
 
-from bench.proc import Contender, JoinedReader, cpu_seconds, disk_mib, peak_rss_mib
+from bench.proc import (
+    Contender,
+    FirstRead,
+    JoinedReader,
+    cpu_seconds,
+    disk_mib,
+    input_drained,
+    peak_rss_mib,
+)
 from bench.workload import OpenLoopProducer, preload, send_feedback_on
 from streams.records import parse_ts
-from streams.topics import JOINED, create_topics
+from streams.settings import Settings
+from streams.topics import JOINED, TopicSpec, create_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 180.0  # a contender's start, rebalance and recovery
 STALL_TIMEOUT = 60.0  # no new joined record for this long: give up, report what was read
+QUIET_S = 2.0  # all input committed and nothing new for this long: a contender is done
 RESTART_PROBES = 50
 MARK = '{"records"'  # how the ceiling's result line starts
 
@@ -48,10 +62,34 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
+def create_bench_topics(settings: Settings) -> None:
+    """The contract's topics, `joined` stamped by the broker (LogAppendTime).
+
+    Every contender's last joined record is then timed by the same clock: Kafka Streams and
+    Quix Streams give an output the timestamp of the input that caused it, not the time
+    it was written.
+    """
+    joined = settings.topic(JOINED)
+    stamped = {"message.timestamp.type": "LogAppendTime"}
+    create_topics(
+        settings,
+        [
+            TopicSpec(spec.name, spec.partitions, {**spec.config, **stamped})
+            if spec.name == joined
+            else spec
+            for spec in topic_specs(settings)
+        ],
+    )
+
+
 def throughput(contender: Contender, n: int, seed: int) -> dict[str, Any]:
-    """Preload `n` predictions and their feedback, then time the contender draining them."""
+    """Preload `n` predictions and their feedback, then time the contender draining them.
+
+    Reads `joined` until every expected record is there, or, for a contender that misses
+    some, until its group has committed every input and nothing new came for `QUIET_S`.
+    """
     settings = contender.settings
-    create_topics(settings)
+    create_bench_topics(settings)
     plan = preload(settings, n, seed)
     log.info("preloaded contender=%s plan=%s", contender.name, plan.summary())
     reader = JoinedReader(settings, settings.topic(JOINED), from_start=True)
@@ -59,9 +97,11 @@ def throughput(contender: Contender, n: int, seed: int) -> dict[str, Any]:
     records = 0
     stamps: list[int] = []
     cpu_first = joins_first = None
-    first_read_s = math.nan
-    started = last_new = time.monotonic()
+    first_join_s = math.nan
+    started = last_new = last_check = time.monotonic()
     contender.start()
+    first_read = FirstRead(contender)
+    first_read.start()
     try:
         while not plan.expected_ids <= seen:
             contender.check_alive()
@@ -70,11 +110,15 @@ def throughput(contender: Contender, n: int, seed: int) -> dict[str, Any]:
             if batch:
                 if cpu_first is None:
                     cpu_first, joins_first = cpu_seconds(contender.pid), len(batch)
-                    first_read_s = now - started
+                    first_join_s = now - started
                 records += len(batch)
                 seen.update(str(joined.value["id"]) for joined in batch)
                 stamps.extend(joined.kafka_ts for joined in batch)
                 last_new = now
+            if cpu_first is not None and now - last_new > QUIET_S and now - last_check > 1:
+                last_check = now
+                if input_drained(settings):
+                    break
             limit = STALL_TIMEOUT if cpu_first is not None else START_TIMEOUT
             if now - last_new > limit:
                 log.error("stalled contender=%s joined=%d", contender.name, len(seen))
@@ -87,20 +131,26 @@ def throughput(contender: Contender, n: int, seed: int) -> dict[str, Any]:
                 records += 1
                 seen.add(str(joined.value["id"]))
     finally:
+        first_read.stop()
         reader.close()
         contender.stop()
-    span_s = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else math.nan
+    first_read_ms = first_read.ms()
+    span_s = (max(stamps) - first_read_ms) / 1000 if stamps else math.nan
     joins = len(seen & plan.expected_ids)
     after_first = joins - (joins_first or 0)
     return {
         "plan": plan.summary(),
         "joined": joins,
         "joined_records": records,
+        "duplicates": records - len(seen),
         "unexpected": len(seen - plan.expected_ids),
         "complete": joins == plan.expected_joined,
+        "completeness": joins / plan.expected_joined,
         "span_s": span_s,
+        "output_span_s": (max(stamps) - min(stamps)) / 1000 if stamps else math.nan,
         "joined_per_s": joins / span_s if span_s > 0 else math.nan,
-        "first_join_s": first_read_s,
+        "first_join_s": first_join_s,
+        "first_read_to_first_join_s": (min(stamps) - first_read_ms) / 1000 if stamps else math.nan,
         "drained_s": drained_s,
         "cpu_s_per_1000": (
             (cpu_last - cpu_first) / after_first * 1000
@@ -173,11 +223,22 @@ def latency(contender: Contender, rate: float, seconds: float, seed: int) -> dic
         warm = preload(settings, 20, seed)
         warm_seen: set[str] = set()
         deadline = time.monotonic() + START_TIMEOUT
+        warm_last = last_check = time.monotonic()
+        # Every warm-up join, or (a peer that drops feedback it reads before the prediction,
+        # as Quix does while it restores the predictions' store at start) all input read.
         while not warm.expected_ids <= warm_seen:
             contender.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{contender.name}: no warm-up join in {START_TIMEOUT:.0f} s")
-            warm_seen.update(str(joined.value["id"]) for joined in reader.poll(0.1))
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError(f"{contender.name}: no warm-up in {START_TIMEOUT:.0f} s")
+            fresh = {str(joined.value["id"]) for joined in reader.poll(0.1)} - warm_seen
+            if fresh:
+                warm_seen |= fresh
+                warm_last = now
+            elif now - warm_last > QUIET_S and now - last_check > 1:
+                last_check = now
+                if input_drained(settings):
+                    break
         producer = OpenLoopProducer(settings, rate, seconds, seed=seed)
         cpu_start, started = cpu_seconds(contender.pid), time.monotonic()
         producer.start()
@@ -191,7 +252,7 @@ def latency(contender: Contender, rate: float, seconds: float, seed: int) -> dic
             contender.check_alive()
             for joined in reader.poll(0.05):
                 key = str(joined.value["id"])
-                if key in warm_seen or key in latencies:
+                if key in warm.expected_ids or key in latencies:
                     continue
                 sent = parse_ts(str(joined.value["feedback_timestamp"]))
                 processed = parse_ts(str(joined.value["joined_at"])) - sent

@@ -1,29 +1,42 @@
 """The benchmark's plumbing: contender processes, /proc figures, topics, the joined reader.
 
-Both contenders run as subprocesses with the same STREAMS_* variables, so every figure
+Every contender runs as a subprocess with the same STREAMS_* variables, so every figure
 is taken the same way: CPU (`utime + stime` of /proc/<pid>/stat), peak RSS (`VmHWM`
-of /proc/<pid>/status), disk (allocated blocks under the data directory).
+of /proc/<pid>/status), disk (allocated blocks under the data directory), and when it
+read its first input record (`FirstRead`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
 
+from bench import peers
+from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
-from streams.topics import admin
+from streams.topics import FEEDBACK, PREDICTIONS, admin
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -65,8 +78,11 @@ def free_port() -> int:
 
 
 PYTHON_M = [sys.executable, "-m"]
-# Contenders other than `worker` (the `streams` command a user runs), by module.
+# The project's own benchmark rows (not `worker`, the `streams` command a user runs), by module.
 MODULES = {"baseline": "bench.baseline", "ceiling": "bench.ceiling"}
+# Where a contender other than the worker writes the wall-clock ms of its first input read.
+FIRST_READ_FILE = "first-read-ms"
+RECORDS_IN = "streams_records_in_total"  # the worker's input counter on /metrics
 
 
 def bench_env(
@@ -88,7 +104,8 @@ def cleanup(settings: Settings) -> None:
     """Delete every topic named after the app id (inputs, outputs, changelogs) and its group."""
     client = admin(settings)
     app_id = settings.app_id
-    names = [name for name in client.list_topics(timeout=10).topics if name.startswith(app_id)]
+    # Quix names its changelogs `changelog__<group>--...`: the app id is inside, not first.
+    names = [name for name in client.list_topics(timeout=10).topics if app_id in name]
     futures = dict(client.delete_topics(names, operation_timeout=30)) if names else {}
     groups = [app_id, f"{app_id}-inputs"]  # faust's group, and the worker's input consumer's
     futures.update(client.delete_consumer_groups(groups, request_timeout=30))
@@ -110,10 +127,15 @@ class Contender:
 
     @classmethod
     def make(cls, name: str, env: dict[str, str]) -> Contender:
-        """Contender `worker` (`streams worker`), `baseline` or `ceiling`; env from `bench_env`."""
+        """Contender `worker` (`streams worker`), a peer, `baseline` or `ceiling`; env: `bench_env`.
+
+        A peer whose build fails raises `peers.PeerUnavailable`.
+        """
         script = Path(sys.executable).parent / "streams"  # the console script a user runs
         if name in MODULES:
             command = [*PYTHON_M, MODULES[name]]
+        elif name in peers.COMMANDS:
+            command = peers.COMMANDS[name]()
         elif script.exists():
             command = [str(script), "worker"]
         else:
@@ -159,6 +181,114 @@ class Contender:
             self.process.wait(10)
 
 
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    """GET a page of a worker's web server on this host: (status, body); (0, b"") if none."""
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as page:
+            return int(page.status), bytes(page.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), b""
+    except OSError:
+        return 0, b""  # not listening (yet)
+
+
+def metric_sum(port: int, name: str) -> float:
+    """The sum of every sample of metric `name` on a worker's /metrics (0 if it does not answer)."""
+    status, body = _get(port, "/metrics")
+    if status != 200:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith((f"{name} ", f"{name}{{"))
+    )
+
+
+def healthy(port: int) -> bool:
+    """True when a worker's /health answers 200."""
+    return _get(port, "/health")[0] == 200
+
+
+def mark_first_read(data_dir: Path) -> None:
+    """Write the wall-clock ms now to `data_dir/first-read-ms` (atomically: renamed in place)."""
+    partial = data_dir / f"{FIRST_READ_FILE}.partial"
+    partial.write_text(str(time.time_ns() // 1_000_000))
+    partial.replace(data_dir / FIRST_READ_FILE)
+
+
+def records_in(settings: Settings, topics: list[str]) -> int:
+    """How many records the topics hold now (from offset 0: nothing has expired yet)."""
+    consumer = Consumer({**librdkafka_config(settings), "group.id": uuid.uuid4().hex})
+    try:
+        total = 0
+        for topic in topics:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            for partition in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def input_drained(settings: Settings) -> bool:
+    """True once the group `app_id` has committed every input record the topics hold now."""
+    client = admin(settings)
+    consumer = Consumer({**librdkafka_config(settings), "group.id": uuid.uuid4().hex})
+    try:
+        group = ConsumerGroupTopicPartitions(settings.app_id)
+        committed = client.list_consumer_group_offsets([group])[settings.app_id].result(10)
+        done = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions}
+        for topic in (settings.topic(PREDICTIONS), settings.topic(FEEDBACK)):
+            for partition in range(settings.partitions):
+                high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
+                if high and done.get((topic, partition), -1) < high:
+                    return False
+        return True
+    except KafkaException:
+        return False
+    finally:
+        consumer.close()
+
+
+class FirstRead(threading.Thread):
+    """When a contender read its first input record, in epoch ms.
+
+    Contenders other than the worker write it to `STREAMS_DATA_DIR/first-read-ms`. The
+    worker (not ours to change here) is watched from outside: `/metrics` every 10 ms
+    until `streams_records_in_total` is above zero; a first-read-ms file it writes wins.
+    """
+
+    def __init__(self, contender: Contender) -> None:
+        super().__init__(name=f"first-read-{contender.name}", daemon=True)
+        self.path = contender.settings.data_dir / FIRST_READ_FILE
+        self.port = contender.settings.web_port
+        self.watch = contender.name == "worker"
+        self.seen_ms = math.nan
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        """Poll the worker's /metrics until it has read a record (or `stop()`)."""
+        while self.watch and not self.stopped.wait(0.01):
+            if metric_sum(self.port, RECORDS_IN) > 0:
+                self.seen_ms = time.time_ns() / 1e6
+                return
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self.stopped.set()
+
+    def ms(self) -> float:
+        """The first read's epoch ms, or NaN if unknown."""
+        try:
+            return float(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return self.seen_ms
+
+
 @dataclass
 class Joined:
     """One joined record as read: when it was read (epoch ms) and its Kafka timestamp."""
@@ -174,7 +304,7 @@ class JoinedReader:
     def __init__(self, settings: Settings, topic: str, from_start: bool = False) -> None:
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

@@ -1,25 +1,28 @@
-"""`python -m bench` (`make bench`): the worker against a plain confluent-kafka loop.
+"""`python -m bench` (`make bench`): the worker, the lean reference loop and the peers.
 
 The method is BENCHMARK.md's. Each run measures, on the same broker and side by side,
-the project's worker (`streams worker`, as a user runs it) and the baseline
-(`bench.baseline`): throughput on preloaded topics, restart, and latency at a
-fixed rate (by default half of the worker's rate in the first run); then the SDK's log
-throughput. Contenders alternate which goes first. Every contender gets its own topics
-(4 partitions by default), consumer group and data directory, deleted afterwards.
+the project's worker (`streams worker`, as a user runs it), the lean durable loop
+(`bench/lean_loop.py`, the reference), Kafka Streams (`bench/kstreams/`) and Quix
+Streams (`bench/quix/`), and the baseline (`bench.baseline`, the project's rules on a
+plain loop, a diagnostic row): throughput on preloaded topics, restart, and latency at a
+fixed rate (by default half of the worker's rate in the first run); then faust's ceiling
+and the SDK's log throughput. The order of contenders rotates from run to run. Every
+contender gets its own topics (4 partitions by default), consumer group and data
+directory, deleted afterwards. The peers are built on demand (`bench.peers`); one whose
+build fails is skipped, and the table says why.
 
-Prints a table (medians over the runs; ratios are the medians of each run's ratio to
-the baseline) and writes everything as JSON to `bench-results/<timestamp>.json`.
+Prints a table (medians over the runs; ratios are the medians of each run's ratio, see
+`bench.report`) and writes everything as JSON to `bench-results/<timestamp>.json`.
+`--scale` runs the scale mode instead (`bench.scale`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,27 +31,17 @@ from typing import Any
 
 import orjson
 
+from bench import peers, report, scale
 from bench.modes import ceiling, latency, throughput
+from bench.peers import PeerUnavailable
 from bench.proc import Contender, bench_env, cleanup
+from bench.report import CONTENDERS, WORKER
 from bench.sdk import log_throughput
 from streams.settings import Settings
 
 log = logging.getLogger("bench")
 
-CONTENDERS = ("worker", "baseline")
-# (figure, column title, format): medians per contender, and ratios to the baseline.
-FIGURES = (
-    ("joined_per_s", "joined/s", "{:,.0f}"),
-    ("p50_ms", "p50 ms", "{:.1f}"),
-    ("p99_ms", "p99 ms", "{:.1f}"),
-    ("max_ms", "max ms", "{:.1f}"),
-    ("cpu_s_per_1000", "CPU s/1k joins", "{:.3f}"),
-    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
-    ("state_disk_mib", "state MiB", "{:.1f}"),
-    ("restart_s", "restart s", "{:.1f}"),
-)
-AIM_RATIO = 0.5
-AIM_P99_MS = 100.0
+LATENCY_SHARE = 0.5  # latency mode at half of the worker's throughput, by default
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +57,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON folder")
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated, of {','.join(CONTENDERS)} (default: all)",
+    )
+    scale.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.contenders = [name.strip() for name in args.contenders.split(",") if name.strip()]
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown or not args.contenders:
+        parser.error(f"--contenders: unknown {sorted(unknown)}; pick from {CONTENDERS}")
     if args.quick:
         args.n, args.runs, args.latency_seconds = min(args.n, 1000), 1, 5.0
     args.sdk_n = args.sdk_n or 2 * args.n
@@ -72,17 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def figures(result: dict[str, Any]) -> dict[str, float]:
-    """One contender's figures of one run, flat."""
-    flat = {**result["throughput"], **result["latency"]}
-    return {name: float(flat[name]) for name, _, _ in FIGURES}
-
-
 def one_run(
-    index: int, args: argparse.Namespace, rate: float | None, workdir: Path
+    index: int, args: argparse.Namespace, rate: float | None, workdir: Path, names: list[str]
 ) -> dict[str, Any]:
-    """Both contenders' throughput, restart and latency, then the SDK row."""
-    order = CONTENDERS if index % 2 == 0 else CONTENDERS[::-1]
+    """Every contender's throughput, restart and latency, the ceiling, then the SDK row."""
+    shift = index % len(names)
+    order = names[shift:] + names[:shift]
     tag = f"{time.strftime('%H%M%S')}-r{index + 1}"
     run: dict[str, Any] = {name: {} for name in order}
 
@@ -115,7 +113,8 @@ def one_run(
     run["ceiling"]["app_id"] = env["STREAMS_APP_ID"]
     log.info("run=%d ceiling=%s", index + 1, run["ceiling"])
     if rate is None:
-        rate = AIM_RATIO * run["worker"]["throughput"]["joined_per_s"]
+        paced_by = WORKER if WORKER in names else names[0]
+        rate = LATENCY_SHARE * run[paced_by]["throughput"]["joined_per_s"]
     run["rate"] = rate
     for name in order:
         measure(name, "latency")
@@ -124,112 +123,23 @@ def one_run(
         run["sdk_log_per_s"] = log_throughput(sdk, args.sdk_n, 500)
     finally:
         cleanup(sdk)
-    for name in CONTENDERS:
-        run[name]["figures"] = figures(run[name])
+    for name in names:
+        run[name]["figures"] = report.figures(run[name])
     return run
 
 
-def _median(values: list[float]) -> float:
-    present = [value for value in values if not math.isnan(value)]
-    return statistics.median(present) if present else math.nan
-
-
-def _ratio(value: float, baseline: float) -> float:
-    return value / baseline if baseline else math.nan
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over runs, each figure's median ratio to the baseline, and the aims."""
-    medians = {
-        name: {f: _median([run[name]["figures"][f] for run in runs]) for f, _, _ in FIGURES}
-        for name in CONTENDERS
-    }
-    ratios = {
-        f: _median(
-            [_ratio(run["worker"]["figures"][f], run["baseline"]["figures"][f]) for run in runs]
-        )
-        for f, _, _ in FIGURES
-    }
-    ceiling_rate = _median([run["ceiling"]["joined_per_s"] for run in runs])
-    ceiling_ratio = _median(
-        [
-            _ratio(run["ceiling"]["joined_per_s"], run["baseline"]["figures"]["joined_per_s"])
-            for run in runs
-        ]
-    )
-    complete = all(
-        run[name][mode]["complete"]
-        for run in runs
-        for name in CONTENDERS
-        for mode in ("throughput", "latency")
-    )
-    rate = runs[0]["rate"]
-    return {
-        "median": medians,
-        "worker_to_baseline": ratios,
-        "sdk_log_per_s": _median([run["sdk_log_per_s"] for run in runs]),
-        "latency_rate": rate,
-        "latency_rate_share_of_worker_max": rate / medians["worker"]["joined_per_s"],
-        "ceiling_joined_per_s": ceiling_rate,
-        "ceiling_to_baseline": ceiling_ratio,
-        "counts_complete": complete and all(run["ceiling"]["complete"] for run in runs),
-        "aims": {
-            "throughput_ratio_at_least_0_5": ratios["joined_per_s"] >= AIM_RATIO,
-            "worker_p99_under_100_ms": medians["worker"]["p99_ms"] < AIM_P99_MS,
-        },
-    }
-
-
-def _cell(template: str, value: float) -> str:
-    return "n/a" if math.isnan(value) else template.format(value)
-
-
-def table(summary: dict[str, Any], runs: int) -> str:
-    """The summary as a text table: one row per contender, then the worker's ratios."""
-    header = ["contender", *(title for _, title, _ in FIGURES)]
-    rows = [
-        [name, *(_cell(fmt, summary["median"][name][f]) for f, _, fmt in FIGURES)]
-        for name in CONTENDERS
-    ]
-    ratio = summary["worker_to_baseline"]
-    rows.append(["worker/baseline", *(_cell("{:.2f}x", ratio[f]) for f, _, _ in FIGURES)])
-    rows.append(
-        [
-            "ceiling",
-            _cell("{:,.0f}", summary["ceiling_joined_per_s"]),
-            *("" for _ in FIGURES[1:]),
-        ]
-    )
-    rows.append(
-        [
-            "ceiling/baseline",
-            _cell("{:.2f}x", summary["ceiling_to_baseline"]),
-            *("" for _ in FIGURES[1:]),
-        ]
-    )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(w) if i else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    aims = summary["aims"]
-    lines += [
-        "",
-        f"medians of {runs} run(s); latency at {summary['latency_rate']:,.0f} feedback/s "
-        f"({summary['latency_rate_share_of_worker_max']:.0%} of the worker's max)",
-        f"sdk log (1 KB records, batches of 500): {summary['sdk_log_per_s']:,.0f} records/s",
-        "ceiling: faust reading the same inputs with an agent that does nothing (same app "
-        "settings, one event at a time), in joined records at this workload's mix",
-        f"joined counts complete: {summary['counts_complete']}",
-        f"aim worker >= {AIM_RATIO} x baseline rate: "
-        f"{'met' if aims['throughput_ratio_at_least_0_5'] else 'NOT met'}",
-        f"aim worker p99 < {AIM_P99_MS:.0f} ms at that rate: "
-        f"{'met' if aims['worker_p99_under_100_ms'] else 'NOT met'}",
-    ]
-    return "\n".join(lines)
+def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The contenders that can run here, and why the others cannot (a peer's build failed)."""
+    ready, skipped = [], {}
+    for name in names:
+        try:
+            if name in report.PEERS:
+                peers.COMMANDS[name]()
+            ready.append(name)
+        except PeerUnavailable as error:
+            skipped[name] = str(error)
+            print(f"skipping {name}: {error}", file=sys.stderr, flush=True)
+    return ready, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("streams.sdk.client").setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.scale:
+        return scale.main(args)
+    names, skipped = available(args.contenders)
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     rate: float | None = args.rate
     try:
         for index in range(args.runs):
-            runs.append(one_run(index, args, rate, workdir))
+            runs.append(one_run(index, args, rate, workdir, names))
             rate = runs[0]["rate"]  # every run at the same rate, so runs compare
     except BaseException:
         print(f"benchmark failed; contender logs are in {workdir}", file=sys.stderr)
         raise
-    summary = summarize(runs)
+    summary = report.summarize(runs, names)
     result = {
         "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "date": started.isoformat(timespec="seconds"),
@@ -263,8 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         },
         "config": {
             key: getattr(args, key)
-            for key in ("n", "runs", "rate", "latency_seconds", "partitions", "sdk_n", "bootstrap")
+            for key in (
+                "n",
+                "runs",
+                "rate",
+                "latency_seconds",
+                "partitions",
+                "sdk_n",
+                "bootstrap",
+                "contenders",
+            )
         },
+        "skipped": skipped,
         "runs": runs,
         "summary": summary,
     }
@@ -272,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(table(summary, len(runs)))
+    print(report.table(summary, len(runs), skipped))
     print(f"\nresults: {path}")
     return 0
 

@@ -100,6 +100,36 @@ def _send_feedback(client: Client, keys: list[str], rows: list[dict[str, Any]]) 
     return values
 
 
+def _send_predictions(client: Client, keys: list[str], seed: int) -> int:
+    """Log a prediction of about 1 KB for each of `keys`; return the bytes sent."""
+    inputs, outputs = sample_inputs(BATCH), model_outputs(BATCH, seed)
+    sent = 0
+    for start in range(0, len(keys), BATCH):
+        chunk = keys[start : start + BATCH]
+        batch = build_batch(
+            APPLICATION,
+            inputs=inputs[: len(chunk)],
+            outputs=outputs[: len(chunk)],
+            join_keys=chunk,
+            version="gbm-3",
+            tags={"env": "bench", "region": "eu"},
+            now_ms=client.clock.now_ms(),
+            max_bytes=client.settings.max_record_bytes,
+        )
+        client.send(batch.kind, batch.keys, batch.values)
+        sent += sum(map(len, batch.values))
+    return sent
+
+
+def preload_predictions(settings: Settings, n: int, seed: int) -> list[str]:
+    """Log `n` predictions (no feedback) to the topics of `settings`; return their keys."""
+    keys = new_uuids(n)
+    client = Client(settings)
+    _send_predictions(client, keys, seed)
+    client.close(timeout=600)
+    return keys
+
+
 def preload(settings: Settings, n: int, seed: int) -> Plan:
     """Log the throughput workload for `n` predictions to the topics of `settings`."""
     rng = random.Random(seed)
@@ -114,22 +144,7 @@ def preload(settings: Settings, n: int, seed: int) -> Plan:
     rows = [feedback_row(i) for i in range(first + revisions + unknown)]
     client = Client(settings)
     sent = _send_feedback(client, answered[:early], rows[:early])
-    inputs, outputs = sample_inputs(BATCH), model_outputs(BATCH, seed)
-    prediction_bytes = 0
-    for start in range(0, n, BATCH):
-        chunk = keys[start : start + BATCH]
-        batch = build_batch(
-            APPLICATION,
-            inputs=inputs[: len(chunk)],
-            outputs=outputs[: len(chunk)],
-            join_keys=chunk,
-            version="gbm-3",
-            tags={"env": "bench", "region": "eu"},
-            now_ms=client.clock.now_ms(),
-            max_bytes=settings.max_record_bytes,
-        )
-        client.send(batch.kind, batch.keys, batch.values)
-        prediction_bytes += sum(map(len, batch.values))
+    prediction_bytes = _send_predictions(client, keys, seed)
     sent += _send_feedback(client, later_keys, rows[early:])
     # Duplicates: records already sent, sent again byte for byte (same event_id).
     repeats = rng.sample(range(len(sent)), duplicates)

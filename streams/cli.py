@@ -1,19 +1,23 @@
-"""The `streams` command: worker, topics create, tail, stats."""
+"""The `streams` command: worker, topics create, tail, stats, versions."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+from confluent_kafka import KafkaException
 
 from streams.errors import ConfigError, StreamsError
 from streams.settings import Settings, parse_duration
 from streams.topics import DEADLETTER, FEEDBACK_STATS, JOINED, UNMATCHED
+from streams.versions_cli import add_parser as add_versions_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the broker (default 30)"
     )
+    add_versions_parser(commands)
     return parser
 
 
@@ -62,64 +67,103 @@ def _duration(text: str) -> timedelta:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streams` console command."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as error:
         print(f"streams: bad setting {error}", file=sys.stderr)
         return 2
+    # The worker logs at STREAMS_LOG_LEVEL; the other commands say only what went wrong.
+    level = logging.getLevelName(settings.log_level)
+    if args.command != "worker":
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         if args.command == "worker":
             from streams.worker.run import run_worker
 
             return run_worker(settings)
         if args.command == "topics":
-            from streams.topics import create_topics, topic_specs
-
-            created = set(create_topics(settings))
-            for spec in topic_specs(settings):
-                state = "created" if spec.name in created else "exists"
-                print(f"{spec.name}\t{spec.partitions} partitions\t{state}")
-            return 0
+            return _topics_create(settings)
         if args.command == "tail":
             return _tail(settings, args.topic, args.from_beginning, args.max, args.timeout)
         if args.command == "stats":
             return _stats(settings, args)
+        if args.command == "versions":
+            from streams.topics import check_broker
+            from streams.versions_cli import run as run_versions
+
+            check_broker(settings)
+            return run_versions(settings, args)
     except StreamsError as error:
         print(f"streams: {error}", file=sys.stderr)
         return 1
+    except KafkaException as error:
+        print(f"streams: Kafka refused: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit flush of
+        # stdout from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _topics_create(settings: Settings) -> int:
+    from streams.topics import copartition_problem, create_every_topic
+
+    counts, created = create_every_topic(settings)
+    for name, partitions in counts.items():
+        state = "created" if name in created else "exists"
+        print(f"{name}\t{partitions} partitions\t{state}")
+    sys.stdout.flush()
+    problem = copartition_problem(settings, counts)
+    if problem is not None:
+        print(f"streams: {problem}; the worker refuses to start on them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _tail(
     settings: Settings, topic: str, from_beginning: bool, limit: int | None, timeout: float | None
 ) -> int:
     from streams.sdk.consumer import read_topic
+    from streams.topics import CONNECT_TIMEOUT, check_broker
 
+    check_broker(settings)
     out = sys.stdout.buffer
-    for count, record in enumerate(
-        read_topic(
-            settings, settings.topic(topic), from_beginning=from_beginning, idle_timeout=timeout
-        ),
-        1,
-    ):
-        out.write(orjson.dumps(record) + b"\n")
-        out.flush()
-        if limit is not None and count >= limit:
-            break
+    records = read_topic(
+        settings,
+        settings.topic(topic),
+        from_beginning=from_beginning,
+        idle_timeout=timeout,
+        down_timeout=CONNECT_TIMEOUT,  # a broker lost while tailing ends it too
+        log_level=0,  # librdkafka's own log repeats what the errors say
+    )
+    with closing(records):
+        for count, record in enumerate(records, 1):
+            out.write(orjson.dumps(record) + b"\n")
+            out.flush()
+            if limit is not None and count >= limit:
+                break
     return 0
 
 
 def _stats(settings: Settings, args: argparse.Namespace) -> int:
     from streams.stats.chart import plot_png
-    from streams.stats.query import StatsQuery, format_series, read_feedback_stats
+    from streams.stats.query import StatsQuery, format_series, no_match, read_feedback_stats
+    from streams.topics import check_broker
 
+    check_broker(settings, timeout=min(args.timeout, 10.0))
     latest = read_feedback_stats(settings, timeout=args.timeout)
+    topic = settings.topic(FEEDBACK_STATS)
     if latest.skipped:
-        topic = settings.topic(FEEDBACK_STATS)
         print(f"streams: skipped {latest.skipped} unreadable record(s) in {topic}", file=sys.stderr)
+    nothing = no_match(latest.records, args.application, args.field)
+    if nothing is not None:
+        print(f"streams: nothing matched in {topic}: {nothing}", file=sys.stderr)
+        return 1
     query = StatsQuery(
         args.application, args.field, args.every, args.since, args.by_version, args.format
     )

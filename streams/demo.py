@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Producer
 
 import streams
+from streams.kafka_config import librdkafka_config
 from streams.kafka_ping import answers
 from streams.sdk.consumer import read_topic
 from streams.settings import Settings, format_duration
@@ -74,8 +75,29 @@ def wait_healthy(port: int, worker: subprocess.Popen[bytes], timeout: float = 90
     raise SystemExit("demo: the worker did not become healthy")
 
 
-def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str, Any]:
-    """Log predictions and feedback the way applications do; return what was sent."""
+def release_versions(name: str) -> dict[str, streams.Version]:
+    """Two prompt versions of the completion application, released to prod and test."""
+    bot = streams.get_application(name)
+    bot.create_version("Answer briefly: {{question}}", "brief", "gpt-4o-mini", {"temperature": 0})
+    bot.create_version("Answer step by step: {{question}}", "stepwise", "gpt-4o-mini")
+    bot.release_version(1, "prod")
+    bot.release_version(2, "test")
+    running = {env: bot.get_version(env) for env in ("prod", "test")}
+    print(
+        f"demo: {name} versions: "
+        + ", ".join(f"{env} runs {v.version_number}" for env, v in running.items() if v)
+    )
+    return {env: version for env, version in running.items() if version is not None}
+
+
+def log_sample(
+    app_names: list[str], count: int, rng: random.Random, running: dict[str, streams.Version]
+) -> dict[str, Any]:
+    """Log predictions and feedback the way applications do; return what was sent.
+
+    The completion application picks the version prod or test runs (`running`) for
+    each request.
+    """
     sent: dict[str, Any] = {"predictions": 0, "feedback": 0, "early": 0, "unknown": 0, "late": []}
     loans = streams.get_application(app_names[0])
     bot = streams.get_application(app_names[1])
@@ -116,11 +138,20 @@ def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str
         version="v2",
     )
     sent["predictions"] += len(early_keys)
-    bot_keys = []
+    bot_keys, bot_versions = [], []
     for i in range(count // 5):
+        chosen = running[rng.choice(["prod", "test"])]
         request = {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": f"question {i}"}],
+            "model": chosen.config["model"],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": streams.fill_prompt(
+                        chosen.config["prompt"], {"question": f"question {i}"}
+                    ),
+                }
+            ],
+            **chosen.config["params"],
         }
         response = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -130,23 +161,31 @@ def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str
             bot.log_completion(
                 open_ai_api_request=request,
                 open_ai_api_response=response,
-                version=rng.choice([1, 2]),
+                request_attributes={"question": f"question {i}"},
+                version=chosen.version_number,
             )
         )
+        bot_versions.append(chosen.version_number)
     sent["predictions"] += len(bot_keys)
     streams.flush()
     # Delayed feedback on 80% of the loans; v2 is right more often than v1.
     time.sleep(2)
     answered: list[str] = []
-    for version, rate in (("v1", 0.55), ("v2", 0.75)):
-        keys = rng.sample(loan_keys[version], int(len(loan_keys[version]) * 0.8))
+    for version_name, rate in (("v1", 0.55), ("v2", 0.75)):
+        keys = rng.sample(loan_keys[version_name], int(len(loan_keys[version_name]) * 0.8))
         loans.log(
             feedbacks=[{"approved_correct": rng.random() < rate} for _ in keys], join_keys=keys
         )
         answered += keys
-    bot_answered = bot_keys[: len(bot_keys) // 2]
+    # Thumbs up on half the answers: the stepwise prompt (version 2) pleases more often.
+    half = len(bot_keys) // 2
+    bot_answered = bot_keys[:half]
     bot.log(
-        feedbacks=[{"thumbs_up": rng.random() < 0.7} for _ in bot_answered], join_keys=bot_answered
+        feedbacks=[
+            {"thumbs_up": rng.random() < (0.6 if number == 1 else 0.8)}
+            for number in bot_versions[:half]
+        ],
+        join_keys=bot_answered,
     )
     unknown = [str(uuid.uuid4()) for _ in range(count // 50)]
     loans.log(feedbacks=[{"approved_correct": False} for _ in unknown], join_keys=unknown)
@@ -159,9 +198,7 @@ def log_sample(app_names: list[str], count: int, rng: random.Random) -> dict[str
 
 def send_malformed(settings: Settings) -> int:
     """A few records no SDK would write, from a plain Kafka client."""
-    producer = Producer(
-        {"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random"}
-    )
+    producer = Producer({**librdkafka_config(settings), "partitioner": "murmur2_random"})
     topic = settings.topic("feedback")
     bad: list[tuple[bytes | None, bytes]] = [
         (b"k1", b"{this is not json"),
@@ -241,7 +278,9 @@ def run(count: int, out_dir: Path) -> int:
     """The demo itself; returns an exit status."""
     servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
     started_broker = False
-    if not broker_answers(servers):
+    # A secured cluster is the user's own: the demo starts only the local plain broker.
+    secured = Settings.from_env().security.protocol != "PLAINTEXT"
+    if not secured and not broker_answers(servers):
         print(f"demo: no broker at {servers}; starting the local one (make kafka-up)")
         subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True)
         started_broker = True
@@ -275,8 +314,9 @@ def run(count: int, out_dir: Path) -> int:
         )
         streams.init(settings=settings)
         rng = random.Random(7)
+        running = release_versions(SHORT_RETENTION_APP)
         started = time.monotonic()
-        sent = log_sample(["loan-approval", SHORT_RETENTION_APP], count, rng)
+        sent = log_sample(["loan-approval", SHORT_RETENTION_APP], count, rng, running)
         malformed = send_malformed(settings)
         print(
             f"demo: logged {sent['predictions']} predictions, {sent['feedback']} feedback "
@@ -307,7 +347,7 @@ def run(count: int, out_dir: Path) -> int:
         worker.wait(60)
         log_file.close()
         streams.close()
-        deleted = delete_topics(servers, (f"demo-{run_id}",))
+        deleted = delete_topics(settings, (f"demo-{run_id}",))
         print(f"demo: deleted its {len(deleted)} topics")
         if started_broker:
             subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "down"], check=False)

@@ -49,3 +49,9 @@ class BrokerTimeout(StreamsError):
     """The broker did not answer within the caller's timeout; the message says what waited."""
 
     reason = "broker_timeout"
+
+
+class BrokerUnreachable(StreamsError):
+    """No Kafka broker answers at STREAMS_BOOTSTRAP_SERVERS; the message says what to do."""
+
+    reason = "broker_unreachable"

@@ -23,7 +23,16 @@ import orjson
 from streams.errors import RecordError
 
 Record = dict[str, Any]
-SCHEMA_NAMES = ("prediction", "feedback", "joined", "unmatched", "deadletter", "stats")
+SCHEMA_NAMES = (
+    "prediction",
+    "feedback",
+    "joined",
+    "unmatched",
+    "deadletter",
+    "stats",
+    "version",
+    "release",
+)
 DEADLETTER_VALUE_LIMIT = 64 * 1024
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from streams.errors import ConfigError
+from streams.security import Security, security_from_env
 
 MAX_RETENTION = timedelta(days=90)
 # How long feedback for an already swept prediction still reports `expired`.
@@ -25,6 +26,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 GUARANTEES = ("at_least_once", "exactly_once")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parse_duration(text: str, variable: str = "duration") -> timedelta:
@@ -67,16 +69,35 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _web_host(host: str) -> str:
+    if any(c.isspace() or c in "/@" for c in host):
+        raise ConfigError("STREAMS_WEB_HOST", f"{host!r} is not a host name or address")
+    return host
+
+
 def _by_application(raw: str, variable: str) -> dict[str, timedelta]:
     result: dict[str, timedelta] = {}
     for item in (part.strip() for part in raw.split(",")):
         if not item:
             continue
         application, sep, duration = item.partition("=")
-        if not sep or not application.strip():
+        application = application.strip()
+        if not sep or not application:
             raise ConfigError(variable, f"{item!r} is not application=duration (e.g. chat=7d)")
-        result[application.strip()] = parse_duration(duration, f"{variable} ({application})")
+        if application in result:
+            raise ConfigError(variable, f"{application!r} is listed twice: give it once")
+        result[application] = _retention(duration, f"{variable} ({application})")
     return result
+
+
+def _retention(text: str, variable: str) -> timedelta:
+    # Refused rather than clamped: a value over the cap is a mistake to name, not to guess.
+    value = parse_duration(text, variable)
+    if value > MAX_RETENTION:
+        raise ConfigError(
+            variable, f"{text.strip()!r} is over the 90-day maximum (use 90d or less)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,10 +116,16 @@ class Settings:
     pending_ttl: timedelta = timedelta(days=1)
     data_dir: Path = Path("./streams-data")
     web_port: int = 6066
+    # Loopback unless told: the pages are for the operator, not for the network.
+    web_host: str = "127.0.0.1"
     max_record_bytes: int = 1_000_000
     processing_guarantee: str = "at_least_once"
     # The contract promises at least a day; shorter is for tests of the forgetting itself.
     expired_memory: timedelta = EXPIRED_MEMORY
+    security: Security = field(default_factory=Security)
+    log_level: str = "INFO"
+    # How long the SDK waits at exit (and by default in flush/close) for undelivered records.
+    flush_timeout: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,7 +152,7 @@ class Settings:
             )
         retention = defaults.retention
         if env.get("STREAMS_RETENTION", "").strip():
-            retention = parse_duration(env["STREAMS_RETENTION"], "STREAMS_RETENTION")
+            retention = _retention(env["STREAMS_RETENTION"], "STREAMS_RETENTION")
         by_application = _by_application(
             env.get("STREAMS_RETENTION_BY_APPLICATION", ""), "STREAMS_RETENTION_BY_APPLICATION"
         )
@@ -146,23 +173,33 @@ class Settings:
                 "STREAMS_PROCESSING_GUARANTEE",
                 f"{guarantee!r} is not one of {', '.join(GUARANTEES)}",
             )
+        log_level = text("STREAMS_LOG_LEVEL", defaults.log_level).upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                "STREAMS_LOG_LEVEL", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        flush_timeout = defaults.flush_timeout
+        if env.get("STREAMS_FLUSH_TIMEOUT", "").strip():
+            flush_timeout = parse_duration(env["STREAMS_FLUSH_TIMEOUT"], "STREAMS_FLUSH_TIMEOUT")
         return cls(
             bootstrap_servers=servers,
             app_id=app_id,
             topic_prefix=prefix,
             partitions=_int(env, "STREAMS_PARTITIONS", defaults.partitions, 1, 10_000),
-            retention=min(retention, MAX_RETENTION),
-            retention_by_application=MappingProxyType(
-                {app: min(value, MAX_RETENTION) for app, value in by_application.items()}
-            ),
+            retention=retention,
+            retention_by_application=MappingProxyType(by_application),
             pending_ttl=pending_ttl,
             data_dir=data_dir,
             web_port=_int(env, "STREAMS_WEB_PORT", defaults.web_port, 1, 65_535),
+            web_host=_web_host(text("STREAMS_WEB_HOST", defaults.web_host)),
             max_record_bytes=_int(
                 env, "STREAMS_MAX_RECORD_BYTES", defaults.max_record_bytes, 1024, 100_000_000
             ),
             processing_guarantee=guarantee,
             expired_memory=expired_memory,
+            security=security_from_env(env),
+            log_level=log_level,
+            flush_timeout=flush_timeout,
         )
 
     def retention_for(self, application: str) -> timedelta:

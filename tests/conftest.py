@@ -59,7 +59,7 @@ def topic_prefix() -> Iterator[str]:
     yield prefix
     servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
     if any(answers(server) for server in servers.split(",")):
-        delete_topics(servers, (prefix, f"app-{prefix.strip('.')}"))
+        delete_topics(Settings(bootstrap_servers=servers), (prefix, f"app-{prefix.strip('.')}"))
 
 
 @pytest.fixture

@@ -51,7 +51,9 @@ def test_topics_create_makes_every_topic_once(env: dict[str, str], topic_prefix:
     first = streams_cli("topics", "create", env=env)
     assert first.returncode == 0, first.stderr
     names = ["predictions", "feedback", "joined", "unmatched", "deadletter", "feedback-stats"]
-    assert [line.split("\t")[0] for line in first.stdout.splitlines()] == [
+    names += ["versions"]
+    # The contract's topics first, then the worker's own (tests/test_cli_failures.py).
+    assert [line.split("\t")[0] for line in first.stdout.splitlines()][: len(names)] == [
         topic_prefix + n for n in names
     ]
     assert all(line.endswith("created") for line in first.stdout.splitlines())
@@ -62,7 +64,8 @@ def test_topics_create_makes_every_topic_once(env: dict[str, str], topic_prefix:
         .list_topics(timeout=10)
         .topics
     )
-    assert all(len(topics[topic_prefix + n].partitions) == 4 for n in names)
+    assert all(len(topics[topic_prefix + n].partitions) == 4 for n in names[:-1])
+    assert len(topics[topic_prefix + "versions"].partitions) == 1  # its log numbers versions
 
 
 @pytest.mark.integration
@@ -110,5 +113,9 @@ def test_make_demo_runs_the_whole_job(bootstrap: str, tmp_path: Path) -> None:
     # The % positive series comes from the worker's aggregates, checked against `joined`.
     assert "feedback-stats agrees with the joined records" in result.stdout, result.stdout
     assert "--field approved_correct --every 1h --by-version" in result.stdout
+    # The completion application runs two released prompt versions, counted apart.
+    assert "support-bot versions: prod runs 1, test runs 2" in result.stdout
+    assert "('support-bot', 1)" in result.stdout
+    assert "('support-bot', 2)" in result.stdout
     assert (tmp_path / "positive-feedback.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "positive-feedback.png").stat().st_size > 1000

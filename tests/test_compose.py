@@ -268,3 +268,101 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     assert {".git", ".venv", ".kafka"} <= ignored
     # What the wheel is built from must stay in.
     assert not ignored & {"streams", "schemas", "pyproject.toml", "README.md"}
+
+
+# -- the secured variant: docker-compose.secure.yml over docker-compose.yml -------------
+
+SECURE = ROOT / "docker-compose.secure.yml"
+STREAMS_SERVICES = ("topics", *WORKERS)
+
+
+def merged(base: Any, override: Any, key: str = "") -> Any:
+    """What `docker compose -f base -f override` sees: maps merge, most lists are replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for name, value in override.items():
+            out[name] = merged(base[name], value, name) if name in base else value
+        return out
+    if isinstance(base, list) and isinstance(override, list) and key in {"secrets", "ports"}:
+        return base + [item for item in override if item not in base]
+    return override
+
+
+@pytest.fixture(scope="module")
+def secure(compose: dict[str, Any]) -> dict[str, Any]:
+    override = yaml.safe_load(SECURE.read_text(encoding="utf-8"))
+    return {"override": override, "merged": merged(compose, override)}
+
+
+@pytest.mark.parametrize("which", ["override", "merged"])
+def test_secure_variant_follows_the_compose_specification(
+    secure: dict[str, Any], compose_validator: jsonschema.Draft7Validator, which: str
+) -> None:
+    errors = [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in compose_validator.iter_errors(secure[which])
+    ]
+
+    assert errors == []
+
+
+def test_secure_kafka_speaks_only_sasl_ssl_to_clients(secure: dict[str, Any]) -> None:
+    kafka = secure["merged"]["services"]["kafka"]
+    env = environment(kafka)
+    protocols = dict(
+        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    advertised = [item.split("://")[0] for item in env["KAFKA_ADVERTISED_LISTENERS"].split(",")]
+
+    assert {protocols[name] for name in advertised} == {"SASL_SSL"}
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert "/run/secrets/kafka_jaas" in env["KAFKA_OPTS"]
+    for setting in ("KAFKA_SSL_KEYSTORE_LOCATION", "KAFKA_SSL_TRUSTSTORE_LOCATION"):
+        assert env[setting].removeprefix("/run/secrets/") in kafka["secrets"]
+    test = kafka["healthcheck"]["test"]
+    assert (
+        test[test.index("--command-config") + 1].removeprefix("/run/secrets/") in kafka["secrets"]
+    )
+
+
+@pytest.mark.parametrize("name", STREAMS_SERVICES)
+def test_secure_streams_services_read_their_password_from_a_secret(
+    secure: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    service = secure["merged"]["services"][name]
+    env = environment(service)
+    declared = secure["merged"]["secrets"]
+
+    assert env["STREAMS_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert "STREAMS_SASL_PASSWORD" not in env, "a password in the environment shows in inspect"
+    for variable in ("STREAMS_SASL_PASSWORD_FILE", "STREAMS_SSL_CA_LOCATION"):
+        secret = env[variable].removeprefix("/run/secrets/")
+        assert secret in service["secrets"]
+        assert declared[secret]["file"].startswith("./secrets/")
+    # The settings are a valid combination once the secrets are mounted.
+    (tmp_path / "password").write_text("x")
+    (tmp_path / "ca.pem").write_text("x")
+    mounted = {
+        **env,
+        "STREAMS_SASL_PASSWORD_FILE": str(tmp_path / "password"),
+        "STREAMS_SSL_CA_LOCATION": str(tmp_path / "ca.pem"),
+    }
+    assert Settings.from_env(mounted).security.protocol == "SASL_SSL"
+
+
+def test_secrets_stay_out_of_git_and_of_the_image() -> None:
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    docker_ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+
+    assert "secrets/" in ignored
+    assert "secrets" in docker_ignored
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_pages_listen_in_the_container_but_publish_on_loopback(
+    compose: dict[str, Any], name: str
+) -> None:
+    worker = compose["services"][name]
+
+    assert environment(worker)["STREAMS_WEB_HOST"] == "0.0.0.0"
+    assert all(str(port).startswith("127.0.0.1:") for port in worker["ports"])

@@ -1,7 +1,8 @@
 """The package's layers: lower layers never import upper ones, and no module imports in a circle.
 
 Layers, lowest first:
-0. the shared core: errors, clock, settings, the record codec, topics;
+0. the shared core: errors, clock, settings (and security), the Kafka client config, the record
+   codec, topics;
 1. `streams.sdk` (what an application imports) and `streams.stats` (reading the aggregates);
 2. `streams.worker` (may use `streams.stats` for its /stats page);
 3. the entry points: `streams` itself, the command line and the demo.
@@ -25,15 +26,18 @@ CORE = {
     "streams.errors",
     "streams.clock",
     "streams.settings",
+    "streams.security",
+    "streams.kafka_config",
     "streams.records",
     "streams.topics",
     "streams.kafka_ping",
 }
-TOP = {"streams", "streams.cli", "streams.demo"}
+TOP = {"streams", "streams.cli", "streams.versions_cli", "streams.demo"}
 # The codec, the settings and the join rules know nothing of the runtime or the clients.
 PURE = {
     "streams.records",
     "streams.settings",
+    "streams.security",
     "streams.worker.join",
     "streams.worker.state",
     "streams.worker.feedback_stats",

@@ -412,3 +412,17 @@ def test_text_or_base64_never_loses_the_kept_bytes(raw: bytes, limit: int) -> No
 def test_from_base64_refuses_what_is_not_base64() -> None:
     with pytest.raises(ValueError, match="not base64"):
         from_base64("not base64!")
+
+
+def test_feedback_with_more_fields_than_the_limit_is_a_schema_violation() -> None:
+    wide = {f"f{n}": True for n in range(1001)}
+    for kind, record in (
+        ("feedback", feedback(feedback=wide)),
+        ("prediction", prediction(feedback=wide)),
+    ):
+        with pytest.raises(RecordError) as raised:
+            decode_input(kind, b"key-1", dumps(record), 1_000_000)
+        assert raised.value.reason == "schema_violation"
+        assert raised.value.detail.startswith("feedback:")
+    del wide["f1000"]
+    assert decode_input("feedback", b"key-1", dumps(feedback(feedback=wide)), 1_000_000)

@@ -20,6 +20,7 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 TS = "2026-11-28T01:36:37.123Z"
 JOINED_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "loans/key-1/fb-1"))
+VERSION_ID = "0b9e5f4e-3c1a-4d2b-9f1e-2a3b4c5d6e7f"
 
 VALID: dict[str, list[dict[str, Any]]] = {
     "prediction": [
@@ -181,6 +182,45 @@ VALID: dict[str, list[dict[str, Any]]] = {
             "updated_at": TS,
         },
     ],
+    "version": [
+        {
+            "schema": "version/v1",
+            "application": "chat",
+            "version_id": VERSION_ID,
+            "description": "shorter answers",
+            "config": {
+                "prompt": "Summarize for {{name}}: {{text}}",
+                "prompt_inputs": ["name", "text"],
+                "model": "gpt-4o-mini",
+                "params": {"temperature": 0.2},
+            },
+            "created_at": TS,
+        },
+        {
+            "schema": "version/v1",
+            "application": "c",
+            "version_id": str(uuid.uuid4()),
+            "description": "",
+            "config": {
+                "prompt": "p",
+                "prompt_inputs": [],
+                "model": "m",
+                "params": {},
+                "vendor": "x",
+            },
+            "created_at": TS,
+        },
+    ],
+    "release": [
+        {
+            "schema": "release/v1",
+            "application": "chat",
+            "env": "prod",
+            "version_id": VERSION_ID,
+            "version_number": 2,
+            "released_at": TS,
+        }
+    ],
 }
 
 # The required fields CONTRACT.md section 3 promises, per record.
@@ -230,6 +270,15 @@ REQUIRED = {
         "numbers",
         "sum",
         "updated_at",
+    },
+    "version": {"schema", "application", "version_id", "description", "config", "created_at"},
+    "release": {
+        "schema",
+        "application",
+        "env",
+        "version_id",
+        "version_number",
+        "released_at",
     },
 }
 
@@ -340,6 +389,29 @@ INVALID: list[tuple[str, str, Any]] = [
     ("stats", "updated_at", "2026-11-28T01:37:00Z"),
     ("stats", "mean", 3.5),
     ("stats", "schema", "stats/v2"),
+    # version/v1
+    ("version", "version_id", _DROP),
+    ("version", "config", _DROP),
+    ("version", "config.prompt", _DROP),
+    ("version", "config.params", _DROP),
+    ("version", "config.prompt", ""),
+    ("version", "config.prompt_inputs", "name"),
+    ("version", "config.params", [0.2]),
+    ("version", "version_id", str(uuid.uuid5(uuid.NAMESPACE_URL, "x"))),
+    ("version", "version_number", 1),
+    ("version", "created_at", "yesterday"),
+    ("version", "application", ""),
+    # release/v1
+    ("release", "env", _DROP),
+    ("release", "version_id", _DROP),
+    ("release", "env", "latest"),
+    ("release", "env", "pro d"),
+    ("release", "env", ""),
+    ("release", "version_number", 0),
+    ("release", "version_number", "2"),
+    ("release", "version_id", "v2"),
+    ("release", "released_at", None),
+    ("release", "schema", "version/v1"),
 ]
 
 

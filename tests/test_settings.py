@@ -31,6 +31,8 @@ def test_defaults_when_nothing_is_set() -> None:
     assert settings.web_port == 6066
     assert settings.max_record_bytes == 1_000_000
     assert settings.processing_guarantee == "at_least_once"
+    assert settings.log_level == "INFO"
+    assert settings.flush_timeout == timedelta(seconds=30)
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -46,6 +48,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "STREAMS_WEB_PORT": "7070",
         "STREAMS_MAX_RECORD_BYTES": "2048",
         "STREAMS_PROCESSING_GUARANTEE": "exactly_once",
+        "STREAMS_LOG_LEVEL": "debug",
+        "STREAMS_FLUSH_TIMEOUT": "5s",
     }
 
     settings = Settings.from_env(env)
@@ -64,6 +68,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.web_port == 7070
     assert settings.max_record_bytes == 2048
     assert settings.processing_guarantee == "exactly_once"
+    assert settings.log_level == "DEBUG"
+    assert settings.flush_timeout == timedelta(seconds=5)
     assert settings.topic("joined") == "prod.joined"
     assert settings.retention_for("chat") == timedelta(days=7)
     assert settings.retention_for("search") == timedelta(days=30)
@@ -163,15 +169,40 @@ def test_parse_then_format_duration_keeps_the_value(number: int, unit: str) -> N
     assert parse_duration(format_duration(value)) == value
 
 
-def test_retention_is_capped_at_90_days() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("STREAMS_RETENTION", "100d", "STREAMS_RETENTION"),
+        ("STREAMS_RETENTION", "2161h", "STREAMS_RETENTION"),
+        ("STREAMS_RETENTION_BY_APPLICATION", "chat=7d,audit=120d", "(audit)"),
+    ],
+)
+def test_retention_over_90_days_is_refused_naming_the_variable(
+    variable: str, value: str, named: str
+) -> None:
+    # Refused, not clamped: a retention over the cap is a mistake the user should see.
+    with pytest.raises(ConfigError, match="over the 90-day maximum") as raised:
+        Settings.from_env({variable: value})
+
+    assert raised.value.variable.startswith(variable)
+    assert named in str(raised.value)
+
+
+def test_retention_of_exactly_90_days_is_kept() -> None:
     settings = Settings.from_env(
-        {"STREAMS_RETENTION": "365d", "STREAMS_RETENTION_BY_APPLICATION": "chat=7d,audit=400d"}
+        {"STREAMS_RETENTION": "90d", "STREAMS_RETENTION_BY_APPLICATION": "chat=7d,audit=2160h"}
     )
 
     assert settings.retention == MAX_RETENTION == timedelta(days=90)
     assert settings.retention_for("audit") == MAX_RETENTION
-    assert settings.retention_for("chat") == timedelta(days=7)
     assert settings.longest_retention == MAX_RETENTION
+
+
+def test_an_application_listed_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'chat' is listed twice") as raised:
+        Settings.from_env({"STREAMS_RETENTION_BY_APPLICATION": "chat=7d,loans=3d, chat =1d"})
+
+    assert raised.value.variable == "STREAMS_RETENTION_BY_APPLICATION"
 
 
 def test_retention_just_under_the_cap_is_kept() -> None:
@@ -191,7 +222,7 @@ def test_longest_retention_may_come_from_an_application() -> None:
     assert settings.longest_retention == timedelta(days=3)
 
 
-# CONTRACT.md section 7: every variable the worker reads.
+# CONTRACT.md section 7: every variable the worker reads; then the ones added since.
 CONTRACT_VARIABLES = (
     "BOOTSTRAP_SERVERS",
     "APP_ID",
@@ -204,6 +235,8 @@ CONTRACT_VARIABLES = (
     "WEB_PORT",
     "MAX_RECORD_BYTES",
     "PROCESSING_GUARANTEE",
+    "LOG_LEVEL",
+    "FLUSH_TIMEOUT",
 )
 
 
@@ -254,6 +287,12 @@ BAD_VALUES = [
     ("STREAMS_PROCESSING_GUARANTEE", "exactly-once"),
     ("STREAMS_PROCESSING_GUARANTEE", "at_most_once"),
     ("STREAMS_PROCESSING_GUARANTEE", "eos"),
+    ("STREAMS_RETENTION", "91d"),
+    ("STREAMS_RETENTION_BY_APPLICATION", "chat=7d,chat=8d"),
+    ("STREAMS_LOG_LEVEL", "verbose"),
+    ("STREAMS_LOG_LEVEL", "20"),
+    ("STREAMS_FLUSH_TIMEOUT", "0s"),
+    ("STREAMS_FLUSH_TIMEOUT", "soon"),
 ]
 
 

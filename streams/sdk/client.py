@@ -18,22 +18,38 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import random
 import re
 import threading
+import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, overload
 
 from streams.errors import DeliveryError, StreamsError
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, LogTypeError, build_batch
+from streams.sdk.versions import PLACEHOLDER, VersionCalls, VersionStore
+from streams.security import VARIABLES as SECURITY_VARIABLES
+from streams.security import security_from_env
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 Row = Mapping[str, Any]
+# Gantry's `init` keywords that mean nothing here, and what to do instead.
+GANTRY_INIT_IGNORED = {
+    "api_key": "no key is needed: the SDK writes to your Kafka (STREAMS_BOOTSTRAP_SERVERS)",
+    "environment": "tag the records instead: log(..., tags={'env': 'prod'})",
+    "send_in_background": "logging is always in the background; streams.flush() waits for it",
+}
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class GantryKeywordWarning(UserWarning):
+    """A Gantry keyword was given that has no effect here; the message says what to use."""
 
 
 def _plain(value: object, field: str) -> dict[str, Any]:
@@ -48,14 +64,25 @@ def _plain(value: object, field: str) -> dict[str, Any]:
     )
 
 
-class Application:
-    """Logs predictions and feedback of one application; from `streams.get_application(name)`."""
+class Application(VersionCalls):
+    """Logs predictions and feedback of one application; from `streams.get_application(name)`.
+
+    Also keeps its prompt versions (`create_version`, `release_version`, `get_version`:
+    `streams.sdk.versions`).
+    """
 
     def __init__(self, client: Client, name: str) -> None:
         if not isinstance(name, str) or not 0 < len(name) <= 256:
             raise LogError("application", f"a name of 1 to 256 characters is needed, not {name!r}")
         self.client = client
         self.name = name
+        self._versions: VersionStore | None = None
+
+    def version_store(self) -> VersionStore:
+        """The `versions` topic of the cluster this application logs to."""
+        if self._versions is None:
+            self._versions = VersionStore(self.client.settings)
+        return self._versions
 
     @overload
     def log(
@@ -69,6 +96,11 @@ class Application:
         tags: Mapping[str, str] | None = None,
         row_tags: Mapping[str, str] | None = None,
         global_tags: Mapping[str, str] | None = None,
+        *,
+        as_batch: bool | None = False,
+        sample_rate: float = 1.0,
+        ignore_inputs: Sequence[str] | None = None,
+        sort_on_timestamp: bool = True,
     ) -> str: ...
     @overload
     def log(
@@ -82,6 +114,11 @@ class Application:
         tags: Mapping[str, str] | None = None,
         row_tags: Sequence[Mapping[str, str]] | None = None,
         global_tags: Mapping[str, str] | None = None,
+        *,
+        as_batch: bool | None = False,
+        sample_rate: float = 1.0,
+        ignore_inputs: Sequence[str] | None = None,
+        sort_on_timestamp: bool = True,
     ) -> tuple[str, list[str]]: ...
     def log(
         self,
@@ -94,6 +131,11 @@ class Application:
         tags: object = None,
         row_tags: object = None,
         global_tags: object = None,
+        *,
+        as_batch: bool | None = False,
+        sample_rate: float = 1.0,
+        ignore_inputs: Sequence[str] | None = None,
+        sort_on_timestamp: bool = True,
     ) -> str | tuple[str, list[str]]:
         """Log predictions (inputs + outputs), feedback (feedbacks + join_keys), or both.
 
@@ -102,7 +144,17 @@ class Application:
         `tags`/`global_tags` go on every row, `row_tags` on its own row. Raises
         `LogError` (a `ValueError`; `LogTypeError` is also a `TypeError`) naming the
         field, before anything is sent.
+
+        Gantry's other keywords: `sample_rate` (0 to 1) sends that share of the rows,
+        picked at random (all rows are checked; the join keys of the rows sent are
+        returned), as Gantry's did. `as_batch`, `ignore_inputs` and `sort_on_timestamp`
+        have no effect: lists are always a batch with a `batch_id`, every input is kept,
+        and each record carries its own timestamp, so their order does not matter.
         """
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float):
+            raise LogTypeError("sample_rate", "a number from 0 to 1 is needed")
+        if not 0 <= sample_rate <= 1:
+            raise LogError("sample_rate", f"{sample_rate} is not from 0 to 1")
         batch = build_batch(
             self.name,
             now_ms=self.client.clock.now_ms(),
@@ -117,48 +169,121 @@ class Application:
             row_tags=row_tags,
             global_tags=global_tags,
         )
-        self.client.send(batch.kind, batch.keys, batch.values)
+        join_keys, keys, values = batch.join_keys, batch.keys, batch.values
+        if sample_rate < 1:
+            # As Gantry's SDK: int(rate * rows) rows at random (one record: with that chance).
+            count = len(keys)
+            chosen = (
+                sorted(random.sample(range(count), int(sample_rate * count)))
+                if batch.batch_id is not None
+                else [0] * (random.random() < sample_rate)
+            )
+            keys, values = [keys[i] for i in chosen], [values[i] for i in chosen]
+            if batch.batch_id is not None:
+                join_keys = [join_keys[i] for i in chosen]
+        self.client.send(batch.kind, keys, values)
         if batch.batch_id is None:
-            return batch.join_keys[0]
-        return batch.batch_id, batch.join_keys
+            return join_keys[0]
+        return batch.batch_id, join_keys
 
     def log_completion(
         self,
         open_ai_api_request: Row,
         open_ai_api_response: Row,
         request_attributes: Row | None = None,
+        response_attributes: Row | None = None,
         feedback: Row | None = None,
-        version: str | int | None = None,
+        selected_choice_index: int | None = None,
+        session_id: str | uuid.UUID | None = None,
         tags: Mapping[str, str] | None = None,
+        version: str | int | None = None,
     ) -> str:
         """Log an OpenAI completion: inputs = request and attributes, outputs = the response.
 
-        The join key is the response's `id`, so later feedback can be logged with
-        `join_keys=[response["id"]]`. Returns the join key.
+        Gantry's keywords, in Gantry's order. `request_attributes` join the inputs and
+        `response_attributes` the outputs (a name already there raises).
+        `selected_choice_index` and `session_id` are kept as the tags
+        `selected_choice_index` and `session_id`. `version` is the version number
+        (`app.get_version("prod").version_number`). The join key is the response's `id`,
+        so later feedback can be logged with `join_keys=[response["id"]]`. Returns it.
         """
         inputs = _plain(open_ai_api_request, "open_ai_api_request")
         response = _plain(open_ai_api_response, "open_ai_api_response")
         join_key = response.get("id")
         if not isinstance(join_key, str) or not join_key:
             raise LogError("open_ai_api_response['id']", "the response id is the join key: a str")
-        attributes = _plain(request_attributes or {}, "request_attributes")
-        for name, value in attributes.items():
-            if name in inputs:
-                raise LogError(f"request_attributes[{name!r}]", "a request field has that name")
-            inputs[name] = value
+        _merge(inputs, request_attributes, "request_attributes", "a request field")
+        _merge(response, response_attributes, "response_attributes", "a response field")
+        extra: dict[str, str] = {}
+        if selected_choice_index is not None:
+            if isinstance(selected_choice_index, bool) or not isinstance(
+                selected_choice_index, int
+            ):
+                raise LogTypeError("selected_choice_index", "an int (a choice's index) is needed")
+            extra["selected_choice_index"] = str(selected_choice_index)
+        if session_id is not None:
+            if not isinstance(session_id, str | uuid.UUID):
+                raise LogTypeError("session_id", "a str or a UUID is needed")
+            extra["session_id"] = str(session_id)
+        merged = dict(tags) if isinstance(tags, Mapping) else tags
+        if extra:
+            merged = dict(merged or {})
+            for name, value in extra.items():
+                if merged.setdefault(name, value) != value:
+                    raise LogError(name, f"tags[{name!r}] says {merged[name]!r}, not {value!r}")
         return self.log(
             inputs=inputs,
             outputs=response,
             feedbacks=feedback,
             join_keys=join_key,
             version=version,
-            tags=tags,
+            tags=merged,
         )
 
+    def log_llm_data(
+        self,
+        api_request: Row,
+        api_response: Row,
+        *args: Any,
+        vendor: str = "openai",
+        **keywords: Any,
+    ) -> str:
+        """Gantry's later name for `log_completion`, same arguments; `vendor` has no effect."""
+        return self.log_completion(api_request, api_response, *args, **keywords)
 
-def fill_prompt(template: str, values: Mapping[str, Any]) -> str:
-    """Fill the `{{name}}` placeholders of a prompt template; unknown names are left as they are."""
-    return _PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], template)
+
+def _merge(target: dict[str, Any], attributes: Row | None, field: str, what: str) -> None:
+    """Add `attributes` to `target` (inputs or outputs); a name already there raises naming it."""
+    for name, value in _plain(attributes or {}, field).items():
+        if name in target:
+            raise LogError(f"{field}[{name!r}]", f"{what} has that name")
+        target[name] = value
+
+
+def fill_prompt(template: str, values: Mapping[str, Any], strict: bool = False) -> str:
+    """Fill the `{{name}}` placeholders of a prompt template (`version.config["prompt"]`).
+
+    As Gantry's `fill_prompt`: placeholders without a value are left as they are and
+    values without a placeholder are not used; either is logged as a warning, or raises
+    `LogError` (a `ValueError`) with `strict=True`.
+    """
+    used: set[str] = set()
+
+    def value_of(match: re.Match[str]) -> str:
+        if match[1] not in values:
+            return match[0]
+        used.add(match[1])
+        return str(values[match[1]])
+
+    filled = PLACEHOLDER.sub(value_of, template)
+    unfilled = sorted({name for name in PLACEHOLDER.findall(template) if name not in values})
+    unused = sorted(str(name) for name in values if name not in used)
+    if unfilled or unused:
+        problem = f"prompt not fully filled: unfilled {unfilled}, unused values {unused}"
+        if strict:
+            raise LogError("values", problem)
+        log.warning("fill_prompt %s", problem)
+    return filled
 
 
 _client: Client | None = None
@@ -170,23 +295,68 @@ def init(
     bootstrap_servers: str | None = None,
     *,
     settings: Settings | None = None,
+    logging_level: str | int | None = None,
+    security_protocol: str | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password: str | None = None,
+    sasl_password_file: str | None = None,
+    ssl_ca_location: str | None = None,
+    ssl_certificate_location: str | None = None,
+    ssl_key_location: str | None = None,
+    ssl_key_password: str | None = None,
+    flush_timeout: float | None = None,
     **producer_config: Any,
 ) -> Client:
     """Start the SDK for this process (like Gantry's `init`); call once, before logging.
 
     `bootstrap_servers` defaults to STREAMS_BOOTSTRAP_SERVERS, else localhost:9092; topic
     names and the record size limit come from the other STREAMS_* variables (or
-    `settings`). Extra keywords are librdkafka settings (`linger_ms=20` or
+    `settings`). `logging_level` (`"DEBUG"` ... `"CRITICAL"`) sets the level of the SDK's
+    loggers (`streams`), as Gantry's did. Gantry's `api_key`, `environment` and
+    `send_in_background` are accepted and ignored, with one `GantryKeywordWarning` that
+    says what to use instead. The security keywords stand for the variables of the same
+    name (`sasl_username` for STREAMS_SASL_USERNAME, ...) and replace the environment's
+    security settings (or those of `settings`) as a whole; a bad combination raises
+    `ConfigError` naming the variable. `flush_timeout` (seconds; default
+    STREAMS_FLUSH_TIMEOUT, 30 s) bounds the wait for delivery at exit and in
+    `flush()`/`close()`. Other keywords are librdkafka settings (`linger_ms=20` or
     `**{"linger.ms": 20}`). A previous client is flushed and closed.
     """
     global _client
-    if settings is None:
-        env = dict(os.environ)
-        if bootstrap_servers is not None:
-            env["STREAMS_BOOTSTRAP_SERVERS"] = bootstrap_servers
-        settings = Settings.from_env(env)
-    elif bootstrap_servers is not None:
-        settings = replace(settings, bootstrap_servers=bootstrap_servers)
+    ignored = {
+        name: producer_config.pop(name) for name in GANTRY_INIT_IGNORED if name in producer_config
+    }
+    if ignored:
+        advice = "; ".join(f"{name}: {GANTRY_INIT_IGNORED[name]}" for name in ignored)
+        warnings.warn(
+            f"streams.init: Gantry's keyword(s) {', '.join(ignored)} have no effect here "
+            f"and were ignored ({advice})",
+            GantryKeywordWarning,
+            stacklevel=2,
+        )
+    if logging_level is not None:
+        level = logging_level.upper() if isinstance(logging_level, str) else logging_level
+        if level not in _LEVELS and not (isinstance(level, int) and not isinstance(level, bool)):
+            raise LogError("logging_level", f"{logging_level!r} is not one of {', '.join(_LEVELS)}")
+        logging.getLogger("streams").setLevel(level)
+    given = {
+        "STREAMS_SECURITY_PROTOCOL": security_protocol,
+        "STREAMS_SASL_MECHANISM": sasl_mechanism,
+        "STREAMS_SASL_USERNAME": sasl_username,
+        "STREAMS_SASL_PASSWORD": sasl_password,
+        "STREAMS_SASL_PASSWORD_FILE": sasl_password_file,
+        "STREAMS_SSL_CA_LOCATION": ssl_ca_location,
+        "STREAMS_SSL_CERTIFICATE_LOCATION": ssl_certificate_location,
+        "STREAMS_SSL_KEY_LOCATION": ssl_key_location,
+        "STREAMS_SSL_KEY_PASSWORD": ssl_key_password,
+    }
+    security = {name: value for name, value in given.items() if value is not None}
+    settings = _init_settings(bootstrap_servers, settings, security)
+    if flush_timeout is not None:
+        if not isinstance(flush_timeout, int | float) or not 0 < flush_timeout < 1e9:
+            raise LogError("flush_timeout", f"seconds above zero, not {flush_timeout!r}")
+        settings = replace(settings, flush_timeout=timedelta(seconds=flush_timeout))
     client = Client(settings, producer_config)
     with _client_lock:
         previous, _client = _client, client
@@ -194,13 +364,32 @@ def init(
             atexit.register(_flush_at_exit)
             _exit_hook.append(True)
     log.info(
-        "sdk_init bootstrap_servers=%s topic_prefix=%s",
+        "sdk_init bootstrap_servers=%s topic_prefix=%s security_protocol=%s",
         settings.bootstrap_servers,
         settings.topic_prefix,
+        settings.security.protocol,
     )
     if previous is not None and not previous.closed:
         previous.close()
     return client
+
+
+def _init_settings(
+    bootstrap_servers: str | None, settings: Settings | None, security: dict[str, str]
+) -> Settings:
+    """`init`'s settings: the environment's (or `settings`), then what the keywords change."""
+    if settings is None:
+        env = dict(os.environ)
+        if bootstrap_servers is not None:
+            env["STREAMS_BOOTSTRAP_SERVERS"] = bootstrap_servers
+        if security:
+            env = {k: v for k, v in env.items() if k not in SECURITY_VARIABLES} | security
+        return Settings.from_env(env)
+    if bootstrap_servers is not None:
+        settings = replace(settings, bootstrap_servers=bootstrap_servers)
+    if security:
+        settings = replace(settings, security=security_from_env(security))
+    return settings
 
 
 def _current() -> Client:
@@ -215,12 +404,15 @@ def get_application(name: str) -> Application:
     return Application(_current(), name)
 
 
-def flush(timeout: float = 30.0) -> None:
-    """Wait until every record logged so far is delivered; raise `DeliveryError` naming the rest."""
+def flush(timeout: float | None = None) -> None:
+    """Wait until every record logged so far is delivered; raise `DeliveryError` naming the rest.
+
+    `timeout` defaults to the flush timeout `init()` set (STREAMS_FLUSH_TIMEOUT, 30 s).
+    """
     _current().flush(timeout)
 
 
-def close(timeout: float = 30.0) -> None:
+def close(timeout: float | None = None) -> None:
     """Flush and stop the SDK; raises like `flush`. `init()` starts it again."""
     global _client
     with _client_lock:
@@ -233,6 +425,14 @@ def _flush_at_exit() -> None:
     client = _client
     if client is None or client.closed:
         return
+    waiting = len(client.producer)
+    if waiting:
+        # Said before the wait, so a process that seems to hang at exit says why.
+        log.warning(
+            "exit_flush_waiting pending=%d timeout_s=%g (STREAMS_FLUSH_TIMEOUT bounds it)",
+            waiting,
+            client.settings.flush_timeout.total_seconds(),
+        )
     try:
         client.close()
     except DeliveryError as error:

@@ -8,6 +8,7 @@ it is returned, so a wrong call sends nothing.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from streams.errors import StreamsError
 from streams.records import Record, dumps, format_ts, to_ms
 
 MAX_JOIN_KEY_CHARS = 512
+MAX_FEEDBACK_FIELDS = 1000  # as schemas/feedback.v1.json: each field is an aggregate
 CLOCK_SKEW_MS = 5 * 60 * 1000  # how far in the future a timestamp may be: clocks drift
 PREDICTION, FEEDBACK = "prediction", "feedback"
 _VERSION_4 = bytes((byte & 0x0F) | 0x40 for byte in range(256))
@@ -164,6 +166,46 @@ def _culprit(record: Record, names: Mapping[str, str]) -> str:
     return names["inputs" if "inputs" in record else "feedback"]
 
 
+def _non_finite(value: object) -> list[object] | None:
+    """The path (keys and indexes, innermost first) to a NaN or infinity in `value`, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else []
+    items: Any = ()
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    for key, item in items:
+        path = _non_finite(item)
+        if path is not None:
+            path.append(key)
+            return path
+    return None
+
+
+def _refuse_non_finite(
+    values: list[bytes], records: list[Record], envelope_nulls: int, names: Any
+) -> None:
+    """Raise naming the field where a record holds NaN or ±inf (orjson would write `null`).
+
+    Cheap when there is none (one count in C over the batch, about 0.6 ns a byte): a
+    record with no more `null`s than its envelope has cannot hold one; only the records
+    with more (a None logged, "null" in a text) are walked.
+    """
+    if b"".join(values).count(b"null") == envelope_nulls * len(values):
+        return
+    for i, (value, record) in enumerate(zip(values, records, strict=True)):
+        if value.count(b"null") == envelope_nulls:
+            continue
+        for part in ("inputs", "outputs", "feedback"):
+            path = _non_finite(record.get(part))
+            if path is not None:
+                where = "".join(f"[{key!r}]" for key in reversed(path))
+                raise LogError(
+                    f"{names(part, i)}{where}", "NaN and infinity cannot be logged (JSON has none)"
+                )
+
+
 def build_batch(
     application: str,
     *,
@@ -221,6 +263,10 @@ def build_batch(
     if fbs is not None and not all(fbs):
         i = next(i for i, feedback in enumerate(fbs) if not feedback)
         raise LogError(name("feedbacks", i), "feedback is empty: give at least one field")
+    for i, feedback in enumerate(fbs or ()):
+        if len(feedback) > MAX_FEEDBACK_FIELDS:
+            limit = f"the limit is {MAX_FEEDBACK_FIELDS} fields per feedback"
+            raise LogError(name("feedbacks", i), f"{len(feedback)} fields: {limit}")
     times = given["timestamps"]
     if times is not None:
         times = [check_timestamp(t, name("timestamps", i), now_ms) for i, t in enumerate(times)]
@@ -282,6 +328,14 @@ def build_batch(
         names["feedback"] = name("feedbacks", i)
         names["tags"] = "tags" if tag_rows is None else name("row_tags", i)
         raise LogTypeError(_culprit(record, names), f"JSON cannot hold it ({error})") from None
+    # `null`s every record has whatever was logged: a null version and batch id.
+    envelope_nulls = (batch_id is None) + (ins is not None and checked_version is None)
+    _refuse_non_finite(
+        values,
+        records,
+        envelope_nulls,
+        lambda part, i: name("feedbacks" if part == "feedback" else part, i),
+    )
     if values and max(map(len, values)) > max_bytes:
         i, size = next((i, len(v)) for i, v in enumerate(values) if len(v) > max_bytes)
         raise LogError(

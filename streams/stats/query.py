@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.errors import BrokerTimeout, ConfigError, RecordError, StreamsError
+from streams.kafka_config import error_callback, librdkafka_config, list_topics
 from streams.records import Record, format_ts, parse_ts, to_ms, validate
 from streams.settings import Settings, format_duration, parse_duration
 from streams.topics import FEEDBACK_STATS
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Version = str | int | None
 FORMATS = ("table", "json", "csv")
+PARAMETERS = ("application", "field", "every", "since", "by_version", "format")
 COLUMNS = ("bucket", "version", "count", "true", "false", "positive_pct", "numbers", "mean")
 _MS = timedelta(milliseconds=1)
 
@@ -102,7 +104,8 @@ def read_feedback_stats(settings: Settings, timeout: float = 30.0) -> LatestStat
     topic = settings.topic(FEEDBACK_STATS)
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **librdkafka_config(settings),
+            "error_cb": error_callback(settings, log),
             "group.id": f"streams-stats-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -128,7 +131,7 @@ def _end_offsets(
     """(first offset, end offset) per partition of `topic`."""
     deadline = time.monotonic() + timeout
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
+        metadata = list_topics(consumer, timeout, topic)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             if found is None or found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -292,6 +295,20 @@ def stats_series(
     return StatsSeries(application, field, every, since, by_version, tuple(rows))
 
 
+def no_match(records: Iterable[Mapping[str, Any]], application: str, field: str) -> str | None:
+    """Why no record is about `application` and `field`, listing what exists; None if some is."""
+    fields: dict[str, set[str]] = {}
+    for record in records:
+        fields.setdefault(record["application"], set()).add(record["field"])
+    if field in fields.get(application, ()):
+        return None
+    if application not in fields:
+        known = ", ".join(sorted(fields)) or "none yet"
+        return f"no feedback for application {application!r}; applications: {known}"
+    known = ", ".join(sorted(fields[application]))
+    return f"application {application!r} has no feedback field {field!r}; its fields: {known}"
+
+
 def _columns(by_version: bool) -> list[str]:
     return [name for name in COLUMNS if by_version or name != "version"]
 
@@ -359,8 +376,11 @@ class StatsQuery:
     def from_params(cls, params: Mapping[str, str]) -> StatsQuery:
         """Parse `application`, `field`, `every`, `since`, `by_version`, `format`.
 
-        Raises `ValueError` naming the parameter that is missing or bad.
+        Raises `ValueError` naming the parameter that is missing, bad or unknown.
         """
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown parameter; use {', '.join(PARAMETERS)}")
         missing = [name for name in ("application", "field") if not params.get(name)]
         if missing:
             raise ValueError(f"{missing[0]}: required, e.g. ?application=chat&field=thumbs_up")

@@ -44,6 +44,7 @@ import faust
 from confluent_kafka import KafkaException
 
 from streams.clock import Clock, SystemClock
+from streams.kafka_config import faust_broker_options, librdkafka_config
 from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
 from streams.worker import feedback_stats
@@ -79,10 +80,11 @@ def faust_app(settings: Settings) -> faust.App:
     """The worker's faust app as configured from `settings` (no agents or pages yet)."""
     return faust.App(
         settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        **faust_broker_options(settings),
         store="memory://",
         datadir=str(settings.data_dir),
         web_port=settings.web_port,
+        web_bind=settings.web_host,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=True,
@@ -109,7 +111,7 @@ class JoinApp:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.bootstrap_servers = settings.bootstrap_servers
+        self.connection = librdkafka_config(settings)  # address and security, every client
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.app = faust_app(settings)
@@ -121,7 +123,7 @@ class JoinApp:
         self.stats_topic = settings.topic(FEEDBACK_STATS)
         exactly_once = settings.processing_guarantee == "exactly_once"
         self.outbox = Outbox(
-            settings.bootstrap_servers,
+            self.connection,
             transactional_id=transactional_id(settings) if exactly_once else None,
         )
         self.tables = Tables(settings.data_dir, settings.app_id, self.outbox)

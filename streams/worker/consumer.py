@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
@@ -47,7 +48,7 @@ class InputConsumer:
         self.metrics = metrics
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **librdkafka_config(settings),
                 "group.id": input_group(settings.app_id),
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,

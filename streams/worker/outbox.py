@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
@@ -56,13 +56,14 @@ class Outbox:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        connection: Mapping[str, str],
         changelogs: set[str] | None = None,
         transactional_id: str | None = None,
     ) -> None:
+        """`connection`: address and security, from `streams.kafka_config.librdkafka_config`."""
         self.changelogs: set[str] = changelogs if changelogs is not None else set()
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
+            **connection,
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",

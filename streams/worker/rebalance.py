@@ -45,7 +45,7 @@ class RebalanceHost(Protocol):
     tables: Tables
     checkpoint: Checkpoint
     metrics: Metrics
-    bootstrap_servers: str
+    connection: dict[str, str]
 
     def stop_on(self, reason: str) -> NoReturn:
         """Exit at once with the crash status."""
@@ -105,7 +105,7 @@ class Partitions:
             gauge.set(left)
 
         future = self.executor.submit(
-            restore_partition, host.bootstrap_servers, tables, cancelled, progress
+            restore_partition, host.connection, tables, cancelled, progress
         )
         self.restoring[partition] = (cancelled, future)
         host.metrics.restoring.set(len(self.restoring))

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import rocksdict
@@ -48,19 +48,20 @@ class RestoreCancelled(Exception):
 
 
 def restore_partition(
-    bootstrap_servers: str,
+    connection: Mapping[str, str],
     tables: PartitionTables,
     cancelled: threading.Event,
     progress: Callable[[int, int], None],
 ) -> Restored:
     """Bring both tables of a partition up to their changelogs' end; in a worker thread.
 
+    `connection`: address and security (`streams.kafka_config.librdkafka_config`);
     `progress(records read, records left)` is called after each write batch.
     """
     started = time.perf_counter()
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **connection,
             "group.id": f"restore-{uuid.uuid4().hex}",  # never joined: assign() only
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

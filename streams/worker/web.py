@@ -11,7 +11,7 @@ import faust
 
 from streams.errors import StreamsError
 from streams.settings import Settings
-from streams.stats.query import StatsQuery, format_series, read_feedback_stats
+from streams.stats.query import StatsQuery, format_series, no_match, read_feedback_stats
 from streams.worker.metrics import Metrics
 
 # `GET /stats` reads `feedback-stats` to its end on each request, in a thread.
@@ -58,11 +58,14 @@ def install_pages(join_app: WebHost) -> None:
             latest = await loop.run_in_executor(
                 None, partial(read_feedback_stats, join_app.settings, STATS_PAGE_TIMEOUT)
             )
+            nothing = no_match(latest.records, query.application, query.field)
             series = query.series(latest.records, datetime.now(UTC))
         except StreamsError as error:
             return web.json({"error": str(error)}, status=503)
         except ValueError as error:
             return web.json({"error": str(error)}, status=400)
+        if nothing is not None:
+            return web.json({"error": nothing}, status=404)
         if query.format == "json":
             return web.json(series.as_dict())
         return web.text(format_series(series, query.format))

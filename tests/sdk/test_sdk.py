@@ -308,6 +308,11 @@ REFUSED: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"inputs": {}, "outputs": [{}]}, LogTypeError, r"^outputs: a dict is needed, not list"),
     ({"inputs": "abc", "outputs": "abc"}, LogTypeError, r"^inputs: give a list"),
     ({"feedbacks": [{}], "join_keys": ["k"]}, LogError, r"^feedbacks\[0\]: feedback is empty"),
+    (
+        {"feedbacks": [{"a": 1}, {f"f{n}": 1 for n in range(1001)}], "join_keys": ["k", "l"]},
+        LogError,
+        r"^feedbacks\[1\]: 1001 fields: the limit is 1000",
+    ),
     ({"feedbacks": [None], "join_keys": ["k"]}, LogTypeError, r"^feedbacks\[0\]: a dict is needed"),
     ({"inputs": {}, "outputs": {}, "tags": {"n": 1}}, LogTypeError, r"^tags\['n'\]: tags are str"),
     ({"inputs": {}, "outputs": {}, "tags": ["env"]}, LogTypeError, r"^tags: a dict is needed"),

@@ -112,3 +112,7 @@ def test_each_prediction_counts_once_with_its_latest_feedback(
     )
     status, body = worker.http("/stats?application=chat")
     assert status == 400 and b"field" in body, body
+    status, body = worker.http("/stats?application=chat&field=thumbs_up&evry=1h")
+    assert status == 400 and b"evry: unknown parameter" in body, body
+    status, body = worker.http("/stats?application=chats&field=thumbs_up")
+    assert status == 404 and b"applications: chat" in body, body
