@@ -107,7 +107,8 @@ def cleanup(settings: Settings) -> None:
     # Quix names its changelogs `changelog__<group>--...`: the app id is inside, not first.
     names = [name for name in client.list_topics(timeout=10).topics if app_id in name]
     futures = dict(client.delete_topics(names, operation_timeout=30)) if names else {}
-    futures.update(client.delete_consumer_groups([app_id], request_timeout=30))
+    groups = [app_id, f"{app_id}-inputs"]  # faust's group, and the worker's input consumer's
+    futures.update(client.delete_consumer_groups(groups, request_timeout=30))
     for future in futures.values():
         with contextlib.suppress(KafkaException):  # already gone, or a group never made
             future.result(timeout=30)

@@ -76,13 +76,10 @@ def bench_prediction(i: int, key: str) -> dict[str, Any]:
 
 def open_partition(path: Path) -> tuple[Any, Any]:
     """A partition's `state` and `due` databases, with the options the worker opens them with."""
-    from faust.stores.rocksdb import RocksDBOptions
+    from streams.worker.tables import RocksOptions
 
-    from streams.worker.app import DUE_OPTIONS, STATE_OPTIONS
-
-    state = RocksDBOptions(**STATE_OPTIONS, use_rocksdict=True).open(path / "state-0.db")
-    due = RocksDBOptions(**DUE_OPTIONS, use_rocksdict=True).open(path / "due-0.db")
-    return state, due
+    rocks = RocksOptions()
+    return rocks.open(path / "state-0.db"), rocks.open(path / "due-0.db")
 
 
 def fill(state: Any, due: Any, rows: int, groups: list[int]) -> None:

@@ -1,52 +1,62 @@
-"""The faust app: one agent reads `predictions` and `feedback`, two RocksDB tables keep state.
+"""The worker: a faust app whose reader task applies batches of input records from its own consumer.
 
-The agent stays thin: for each input record it decodes it (or dead-letters it),
-checks its partition (or reroutes it), calls the join rule, writes the row and its
-index entry, and sends what the rule emitted.
+Who does what:
+- The reader (a faust task, `_read`) takes whatever input records have arrived from
+  the worker's confluent-kafka consumer (`streams.worker.consumer`), up to `BATCH`; when
+  nothing came it sleeps a few milliseconds (longer the longer it stays idle, at most
+  `IDLE_SLEEP_MAX`), so light traffic is joined at once, never held for a batch to fill.
+- It applies each batch (`apply`): for each record, decode it (or dead-letter it),
+  check its partition (or reroute it), call the join rule, write the row and its index
+  entry to the partition's tables, and hand what the rule emitted to the producer
+  (`streams.worker.processing`); at the end of the batch, the changelog records of what
+  it wrote (`streams.worker.tables`). The batch is applied in the reader's task, not
+  handed to a faust agent through a channel: faust's channels are flow-controlled by
+  faust's own consumer group, and an event in flight across one of its rebalances is
+  dropped (the queue is cleared on resume) or skipped (another generation), which
+  left the reader waiting for a batch that never came (a hung rebalance, seen in
+  tests/worker/test_rebalance.py).
+- The reader then commits when one is due, in the order `streams.worker.checkpoint`
+  sets out: changelogs and aggregates to the producer, flush, commit offsets, persist.
+- faust runs the app: the reader task, the web pages (`streams.worker.web`), the
+  expiry sweep and the watchdog timers, the lifecycle (SIGTERM). Its own consumer reads
+  nothing but its leader topic; it owns no table.
 
-Why this is safe (at least once, exactly once in effect downstream):
-1. Each row and index entry is written to its partition's RocksDB database and its
-   changelog record is handed to the outbox (`streams.worker.tables`) before the records
-   the rule emitted are handed to the same outbox (`streams.worker.outbox`). All of this
-   happens before the agent asks faust for the next event, which is when faust
-   counts this one as acknowledged.
-2. Before faust commits any offset it calls the sensor `FlushBeforeCommit`, which
-   waits until Kafka has every record in the outbox (`Outbox.flush`); faust computes
-   the offsets to commit right after, from the events acknowledged by then. So a
-   committed offset means its changelog and output records are in Kafka.
-3. A crash before that makes the worker read the inputs again; the join rules
-   recognise a replay by its source offset and emit the same records again, with
-   the same ids (see `streams.worker.join`). A record Kafka refuses for good stops the
-   worker before the commit, with the same effect.
+One lock orders everything that touches the tables: the reader holds it from a read
+until the batch is applied (and through a commit), the sweep per chunk. So
+rebalance callbacks, which run inside the read (`streams.worker.rebalance`), always see
+whole batches and whole chunks.
 
-Misplaced records. The table lives on the partition of the event being processed,
-so a prediction and its feedback must sit on the same partition number: the one
-murmur2 of the join key gives (Java clients, aiokafka, our SDK). A record another
-client put elsewhere is sent on, unchanged but for a header, to the partition its
-key hashes to, and joined when it arrives there.
+Misplaced records. The tables are partitioned like the inputs, so a prediction and its
+feedback must sit on the same partition number: the one murmur2 of the join key gives
+(Java clients, aiokafka, our SDK). A record another client put elsewhere is sent on,
+unchanged but for a header, to the partition its key hashes to, and joined there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
-from functools import partial
 from typing import Any, NoReturn
 
 import faust
+from confluent_kafka import KafkaException
 
 from streams.clock import Clock, SystemClock
 from streams.kafka_config import faust_broker_options, librdkafka_config
 from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
-from streams.worker import feedback_stats, rebalance
-from streams.worker.expiry import SWEEP_INTERVAL_SECONDS, Sweeper
+from streams.worker import feedback_stats
+from streams.worker.checkpoint import Checkpoint
+from streams.worker.consumer import InputConsumer
+from streams.worker.expiry import SWEEP_INTERVAL_SECONDS, Sweeper, WorkerStore
 from streams.worker.metrics import Metrics
 from streams.worker.outbox import DeliveryFailed, Outbox
 from streams.worker.processing import Outgoing, Processor
+from streams.worker.rebalance import Partitions
 from streams.worker.state import PENDING_KEY, pending_count
-from streams.worker.tables import Tables, partition_db
+from streams.worker.tables import Tables
 from streams.worker.web import install_pages
 
 log = logging.getLogger(__name__)
@@ -57,55 +67,28 @@ RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
-TABLE: dict[str, Any] = {"key_type": bytes, "value_type": bytes}  # bytes -> the raw serializer
-# Per partition database; faust's defaults (2 GiB cache, 3 x 64 MiB buffers) would
-# reserve gigabytes across 2 tables x 8 partitions.
-STATE_OPTIONS = {
-    "block_cache_size": 32 * 1024**2,
-    "write_buffer_size": 16 * 1024**2,
-    "max_write_buffer_number": 2,
-}
-# Changelogs are compacted: the latest row per key survives, deleted rows (expired
-# predictions, timed-out feedback) leave as tombstones, which compaction removes a day
-# later. Hour-long segments let compaction reach rows within the hour, instead of
-# waiting for a 7-day segment to close; `max.compaction.lag.ms` makes it come within a
-# day even when little else changed, so an expired prediction's inputs and outputs
-# leave the changelog within about a day of its expiry (the input topics keep records
-# a day past the longest retention).
-CHANGELOG_CONFIG = {
-    "cleanup.policy": "compact",
-    "segment.ms": str(3_600_000),
-    "delete.retention.ms": str(86_400_000),
-    "max.compaction.lag.ms": str(86_400_000),
-    "min.cleanable.dirty.ratio": "0.2",
-}
-DUE_OPTIONS = {
-    "block_cache_size": 8 * 1024**2,
-    "write_buffer_size": 4 * 1024**2,
-    "max_write_buffer_number": 2,
-}
-# A crashed fetcher stops consumption while the process lives on; exit so a
-# supervisor restarts the worker (the restart is as safe as a kill, see above).
+BATCH = 500  # input records per batch, at most
+IDLE_SLEEP_MIN = 0.001  # seconds; doubled while nothing comes, up to the max
+IDLE_SLEEP_MAX = 0.008
+# A crashed service stops the work while the process lives on; exit so a supervisor
+# restarts the worker (the restart is as safe as a kill, see streams.worker.checkpoint).
 WATCHDOG_SECONDS = 2.0
 CRASH_EXIT_STATUS = 70
 
 
 def faust_app(settings: Settings) -> faust.App:
-    """The worker's faust app as configured from `settings` (no agents, tables or pages yet)."""
+    """The worker's faust app as configured from `settings` (no agents or pages yet)."""
     return faust.App(
         settings.app_id,
         **faust_broker_options(settings),
-        store="rocksdb://",
+        store="memory://",
         datadir=str(settings.data_dir),
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=True,
         producer_acks=-1,
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
         web_in_thread=False,
         # faust reads unprefixed variables (WEB_PORT, BROKER_URL, ...) over these
         # arguments; the worker is configured by STREAMS_* alone.
@@ -113,64 +96,114 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
-class FlushBeforeCommit(faust.Sensor):
-    """A faust sensor: before any offset commit, everything in the outbox must be in Kafka."""
+def transactional_id(settings: Settings) -> str:
+    """The producer's transactional id: stable per worker (its data directory).
 
-    def __init__(self, join_app: JoinApp) -> None:
-        super().__init__()
-        self.join_app = join_app
-
-    def on_commit_initiated(self, consumer: Any) -> Any:
-        """Called by faust right before it picks the offsets to commit."""
-        self.join_app.flush_before_commit()
-        return None
+    A worker restarted on its data directory takes the same id, which fences the
+    producer of its previous life and aborts that one's open transaction at once.
+    """
+    where = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+    return f"{settings.app_id}-{where}"
 
 
 class JoinApp:
-    """The faust app, its topics, tables, agent, sweep and web pages."""
+    """The faust app, its consumer, tables, reader, sweep and web pages."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.connection = librdkafka_config(settings)  # address and security, every client
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.app = faust_app(settings)
         self.topic_names = {name: settings.topic(name) for name in (PREDICTIONS, FEEDBACK)}
         self.kind_of = {full: short for short, full in self.topic_names.items()}
-        self.inputs = self.app.topic(*self.topic_names.values(), **RAW)
         self.output_topics = {
             name: settings.topic(name) for name in (JOINED, UNMATCHED, DEADLETTER)
         }
-        tables = {
-            "partitions": settings.partitions,
-            "extra_topic_configs": CHANGELOG_CONFIG,
-            **TABLE,
-        }
-        self.state = self.app.Table("state", options=STATE_OPTIONS, **tables)
-        self.due = self.app.Table("due", options=DUE_OPTIONS, **tables)
-        self.outbox = Outbox(librdkafka_config(settings))
-        self.tables = Tables(self.state, self.due, self.outbox)
         self.stats_topic = settings.topic(FEEDBACK_STATS)
+        exactly_once = settings.processing_guarantee == "exactly_once"
+        self.outbox = Outbox(
+            self.connection,
+            transactional_id=transactional_id(settings) if exactly_once else None,
+        )
+        self.tables = Tables(settings.data_dir, settings.app_id, self.outbox)
         self.processor = Processor(settings, self.clock, self.metrics, self.tables, self.kind_of)
-        self.app.sensors.add(FlushBeforeCommit(self))
-        self.app.on_partitions_revoked.connect(partial(rebalance.on_partitions_revoked, self))
-        self.app.on_partitions_assigned.connect(partial(rebalance.on_partitions_assigned, self))
-        # Held by the agent while it reads and writes a row, and by the sweep per chunk.
+        self.expired_memory_ms = self.processor.expired_memory_ms
+        self.inputs = InputConsumer(settings, self.kind_of, self.metrics)
+        self.checkpoint = Checkpoint(
+            self.outbox, self.tables, self.inputs, self.publish_stats, self.discard_stats
+        )
+        self.partitions = Partitions(self)
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
-        self.app.agent(self.inputs, name="join")(self._agent)
+        self.app.task(self._read)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
         self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
+        self.running = False
+        self.stopping = False
+        self.reader_crash: str | None = None
         self._pending_seen = 0
         self.metrics.pending.set_function(self.pending_now)
         install_pages(self)
 
-    # -- the agent ---------------------------------------------------------------
+    # -- the reader ---------------------------------------------------------------
 
-    async def _agent(self, stream: Any) -> None:
-        async for event in stream.events():
+    async def _read(self) -> None:
+        try:
+            await self._read_batches()
+        except Exception as error:
+            log.exception("reader_crashed")
+            self.reader_crash = repr(error)
+
+    async def _read_batches(self) -> None:
+        p = self.partitions
+        self.inputs.subscribe(p.on_assign, p.on_revoke, p.on_lost)
+        self.running = True
+        idle = IDLE_SLEEP_MIN
+        while not self.stopping:
             async with self.lock:
-                for out in self.processor.process(event.message):
-                    self.send(out)
+                if self.stopping:
+                    return
+                try:
+                    messages = self.inputs.read(BATCH)
+                    if messages:
+                        self.apply(messages)
+                    self.outbox.producer.poll(0)  # serve delivery reports
+                    if self.checkpoint.due():
+                        await self.checkpoint.commit()
+                except DeliveryFailed as error:
+                    self.stop_on(f"delivery_failed error={error}")
+                except KafkaException as error:  # fenced, or the producer failed for good
+                    self.stop_on(f"commit_failed error={error}")
+            if messages:
+                idle = IDLE_SLEEP_MIN
+                await asyncio.sleep(0)  # let the web pages and timers in
+            else:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, IDLE_SLEEP_MAX)
+
+    def apply(self, messages: list[Any]) -> None:
+        """Apply a batch of input records to the tables and send what they produce."""
+        ready = self.partitions.ready
+        process = self.processor.process
+        send = self.send
+        mark_applied = self.inputs.mark_applied
+        applied = 0
+        for message in messages:
+            if message.error() is not None:
+                log.warning("consume_error error=%s", message.error())
+                continue
+            partition = message.partition()
+            if partition not in ready:
+                continue  # revoked meanwhile, or restoring: its new owner reads it
+            for out in process(message):
+                send(out)
+            mark_applied(message.topic(), partition, message.offset())
+            applied += 1
+        self.tables.log_changes()
+        self.checkpoint.applied += applied
+        self.metrics.batch_size.observe(applied)
 
     def send(self, out: Outgoing) -> None:
         """Hand one record to the outbox."""
@@ -180,7 +213,7 @@ class JoinApp:
     def publish_stats(self) -> None:
         """Hand the aggregate shares changed since the last call to the outbox (`feedback-stats`).
 
-        Called before every commit, so a committed input's aggregates are published;
+        Called at every commit, so a committed input's aggregates are published;
         a replayed input marks its aggregates again (`state.apply_input`).
         """
         processor = self.processor
@@ -195,26 +228,45 @@ class JoinApp:
                 feedback_stats.stats_value(key, raw, partition, now),
             )
 
+    def discard_stats(self) -> None:
+        """Forget every changed share not yet published (an aborted transaction moved them)."""
+        self.processor.stats_unpublished = {}
+
+    def drop_unpublished(self, partitions: set[int]) -> None:
+        """Forget the changed shares of partitions that were lost (their new owner publishes)."""
+        unpublished = self.processor.stats_unpublished
+        for where in [w for w in unpublished if w[0] in partitions]:
+            del unpublished[where]
+
+    # -- what the sweep and the pages need ---------------------------------------
+
+    def active_partitions(self) -> list[int]:
+        """Input partitions this worker owns and has restored."""
+        return sorted(self.partitions.ready)
+
+    def sweep_store(self, partition: int) -> WorkerStore:
+        """One active partition's tables."""
+        return self.tables.partition(partition)
+
+    async def commit(self) -> None:
+        """Commit now (the caller holds the lock)."""
+        try:
+            await self.checkpoint.commit()
+        except DeliveryFailed as error:
+            self.stop_on(f"delivery_failed error={error}")
+        except KafkaException as error:
+            self.stop_on(f"commit_failed error={error}")
+
     async def drain(self) -> None:
         """Wait until Kafka has everything sent so far (without blocking the event loop)."""
         try:
-            offsets = await self.outbox.drain()
+            await self.outbox.drain()
         except DeliveryFailed as error:
-            self._stop_on(error)
-        self.tables.persist(offsets)
+            self.stop_on(f"delivery_failed error={error}")
 
-    def flush_before_commit(self) -> None:
-        """Block until Kafka has everything sent so far: faust is about to commit offsets."""
-        self.publish_stats()
-        try:
-            offsets = self.outbox.flush()
-        except DeliveryFailed as error:
-            self._stop_on(error)
-        self.tables.persist(offsets)
-
-    def _stop_on(self, error: DeliveryFailed) -> NoReturn:
-        # Without acknowledging or committing anything more: the inputs are read again.
-        log.critical("delivery_failed exiting=%d error=%s", CRASH_EXIT_STATUS, error)
+    def stop_on(self, reason: str) -> NoReturn:
+        """Exit at once, committing nothing more: the inputs are read again after a restart."""
+        log.critical("%s exiting=%d", reason, CRASH_EXIT_STATUS)
         logging.shutdown()
         os._exit(CRASH_EXIT_STATUS)
 
@@ -223,30 +275,44 @@ class JoinApp:
 
         During a rebalance, the last count read: the partitions are being handed over.
         """
-        app: Any = self.app
-        if not app.rebalancing and self.recovered():
+        if self.partitions.settled():
             self._pending_seen = sum(
-                pending_count(partition_db(self.state, p).get(PENDING_KEY))
-                for p in self.sweeper.active_partitions()
+                pending_count(self.tables.partition(p).state.get(PENDING_KEY))
+                for p in self.partitions.ready
             )
         return self._pending_seen
 
     def crashed(self) -> list[str]:
-        """What crashed among the app, its consumer and its fetcher, with the reasons."""
+        """What crashed: the app, its consumer and fetcher, or the reader; with the reasons."""
         app: Any = self.app
         services = {"app": app, "consumer": app.consumer, "fetcher": app._fetcher}
-        return [f"{name}: {s.crash_reason!r}" for name, s in services.items() if s.crashed]
+        reasons = [f"{name}: {s.crash_reason!r}" for name, s in services.items() if s.crashed]
+        if self.reader_crash is not None:
+            reasons.append(f"reader: {self.reader_crash}")
+        return reasons
 
     async def _watchdog(self) -> None:
         crashed = self.crashed()
         if crashed:
-            log.critical(
-                "worker_crashed exiting=%d reasons=%s", CRASH_EXIT_STATUS, "; ".join(crashed)
-            )
-            logging.shutdown()
-            os._exit(CRASH_EXIT_STATUS)
+            self.stop_on(f"worker_crashed reasons={'; '.join(crashed)}")
 
     def recovered(self) -> bool:
-        """True once the tables are rebuilt from their changelogs and the agent runs."""
-        manager: Any = self.app.tables  # the recovery service is not in faust's type stubs
-        return bool(manager.recovery.completed.is_set())
+        """True once the worker reads its inputs and every partition it owns is restored."""
+        return self.running and not self.stopping and self.partitions.settled()
+
+    async def _on_shutdown(self, app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # SIGTERM: finish the batch under way, commit, leave the group at once.
+        self.stopping = True
+        async with self.lock:
+            try:
+                self.partitions.close()
+                if self.partitions.ready:
+                    await self.checkpoint.commit()
+                log.info("released partitions=%s reason=shutdown", sorted(self.partitions.ready))
+            except DeliveryFailed as error:
+                self.stop_on(f"delivery_failed error={error}")
+            finally:
+                self.partitions.ready.clear()  # nothing left to commit when close() revokes
+                self.inputs.close()
+                self.tables.close_all()
+        log.info("worker_stopped")

@@ -1,23 +1,24 @@
 """The expiry sweep: predictions past retention, pending feedback past its TTL, old markers.
 
-Every second, for each partition this worker owns (active, not standby), the sweep
-reads the `due` index (`streams.worker.state`) up to now, from where the last sweep ended
-(from its start every `FULL_SCAN_EVERY`th sweep): only what is due, so its cost
-follows what expires, not what is stored. It works in chunks; for each
-chunk, under the lock the agent also takes, so no row changes under it:
+Every second the worker commits (`streams.worker.checkpoint`: its pending writes reach
+RocksDB), then, for each partition it owns and has restored, the sweep reads the
+persisted `due` index (`streams.worker.state`) up to now, from where the last sweep
+could start (from its start every `FULL_SCAN_EVERY`th sweep): only what is due, so its
+cost follows what expires, not what is stored. It works in chunks; for each chunk,
+under the lock the agent's batches also hold, so no row changes under it:
 
 1. apply `join.expire_due` to each due row (stale index entries are dropped);
 2. send the `unmatched` records that produced, and wait until Kafka has them;
-3. write the rows (deleted, or reduced to an `expired` marker) and index entries to
-   RocksDB (`write_chunk`) and send their changelog records (tombstones for deletes)
-   to the changelog partition, through the outbox the agent also uses
+3. write the rows (deleted, or reduced to an `expired` marker) and index entries
+   (`write_chunk`) to the tables and send their changelog records (tombstones for
+   deletes) to the changelog partition, through the outbox the agent also uses
    (`streams.worker.outbox`: one producer, so per key the changelog keeps the order of the
-   writes).
+   writes). They reach RocksDB at the next commit, as the agent's writes do.
 
 A crash after 2 and before 3 leaves the rows as they were: the next sweep sends the
-same `unmatched` records again (at least once). A crash after 3 before the producer
-has delivered leaves a rebuilt worker with rows this one deleted; their index entries
-come back with them, so the next sweep deletes them again.
+same `unmatched` records again (at least once). A crash after 3 before the commit
+leaves the rows as the changelog has them; a row whose deletion did not reach Kafka
+comes back with its index entry, so the next sweep deletes it again.
 
 Joins go on during a long sweep: the lock is released between chunks, a chunk stops
 after `CHUNK` entries or `CHUNK_SECONDS`, and after each chunk the sweep waits until
@@ -28,9 +29,10 @@ the last index key handled, so a sweep reads each due entry once however many ch
 it takes, and the next sweep starts where this one ended, past the tombstones it left
 in the index (RocksDB drops them only when it compacts).
 
-The sweep core (`plan_chunk`, `write_chunk`, `sweep_partition`) works over
-`PartitionStore`: one partition's two databases and their changelogs. The faust
-worker (`Sweeper`) and the benchmark (`bench.sweep`) both run it.
+The sweep core (`plan_chunk`, `write_chunk`, `sweep_partition`) works over a
+`SweepStore`: one partition's two tables and their changelogs. The worker (`Sweeper`,
+over `streams.worker.tables`) and the benchmark (`bench.sweep`, over `PartitionStore`)
+both run it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,64 @@ FULL_SCAN_EVERY = 60  # sweeps; the others start where the last one ended
 Changelog = Callable[[bytes, bytes | None], None]
 
 
+class Readable(Protocol):
+    """A table partition as the sweep reads rows from it."""
+
+    def get(self, key: bytes, /) -> bytes | None:
+        """The stored value, or None."""
+        ...
+
+
+class SweepStore(Protocol):
+    """One partition's two tables as the sweep core reads and writes them.
+
+    `PartitionStore` (databases written directly: the benchmark, unit tests) and the
+    worker's `streams.worker.tables.PartitionTables` (writes held until the commit).
+    """
+
+    @property
+    def state(self) -> Readable:
+        """The `state` table."""
+        ...
+
+    def due_keys(self, start: bytes | None, bound: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` index keys from `start` (None: the first) and below `bound`."""
+        ...
+
+    def write_index(self, puts: list[bytes], deletes: list[bytes]) -> None:
+        """Add and drop index entries."""
+        ...
+
+    def write_rows(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """Store and delete rows."""
+        ...
+
+
+class WorkerStore(SweepStore, Protocol):
+    """The worker's partition tables: a sweep store that also estimates its rows."""
+
+    def estimated_rows(self) -> int:
+        """RocksDB's estimate of the keys in `state`."""
+        ...
+
+
+def read_due_keys(db: Any, start: bytes | None, bound: bytes, limit: int) -> list[bytes]:
+    """Up to `limit` keys of a `due` database from `start` (None: the first), below `bound`."""
+    cursor = db.iter()
+    if start is None:
+        cursor.seek_to_first()
+    else:
+        cursor.seek(start)
+    found: list[bytes] = []
+    while cursor.valid() and len(found) < limit:
+        key: bytes = cursor.key()
+        if key >= bound:
+            break
+        found.append(key)
+        cursor.next()
+    return found
+
+
 @dataclass
 class PartitionStore:
     """One partition's `state` and `due` databases (rocksdict `Rdict`) and their changelogs.
@@ -90,19 +150,7 @@ class PartitionStore:
 
     def due_keys(self, start: bytes | None, bound: bytes, limit: int) -> list[bytes]:
         """Up to `limit` index keys from `start` (None: the first) and below `bound`."""
-        cursor = self.due.iter()
-        if start is None:
-            cursor.seek_to_first()
-        else:
-            cursor.seek(start)
-        found: list[bytes] = []
-        while cursor.valid() and len(found) < limit:
-            key: bytes = cursor.key()
-            if key >= bound:
-                break
-            found.append(key)
-            cursor.next()
-        return found
+        return read_due_keys(self.due, start, bound, limit)
 
     def write_index(self, puts: list[bytes], deletes: list[bytes]) -> None:
         """Add and drop index entries in one RocksDB write; hand their records to the changelog."""
@@ -161,7 +209,7 @@ class Chunk:
 
 
 def plan_chunk(
-    store: PartitionStore,
+    store: SweepStore,
     now: int,
     expired_memory_ms: int,
     start: bytes | None = None,
@@ -198,7 +246,7 @@ def plan_chunk(
     return chunk
 
 
-def write_chunk(store: PartitionStore, chunk: Chunk) -> None:
+def write_chunk(store: SweepStore, chunk: Chunk) -> None:
     """Apply a planned chunk: rows and index entries to RocksDB, their records to the changelogs.
 
     Three writes, in the order that a crash between any two leaves nothing lost: new
@@ -243,7 +291,7 @@ class SweepTotals:
 
 
 def sweep_partition(
-    store: PartitionStore,
+    store: SweepStore,
     now: int,
     expired_memory_ms: int,
     limit: int = CHUNK,
@@ -266,42 +314,26 @@ def sweep_partition(
         start = chunk.next_start
 
 
-class _Stores(Protocol):
-    def store(self, partition: int) -> PartitionStore:
-        """The partition's two databases, as the sweep core reads and writes them."""
-        ...
-
-
-class _Rules(Protocol):
-    @property
-    def expired_memory_ms(self) -> int:
-        """STREAMS_EXPIRED_MEMORY in milliseconds."""
-        ...
-
-
 class SweepHost(Protocol):
     """What the sweep needs of the worker (`streams.worker.app.JoinApp`)."""
 
-    app: Any
     clock: Clock
     metrics: Metrics
     lock: asyncio.Lock
     outbox: Outbox
     output_topics: dict[str, str]
-    topic_names: dict[str, str]
+    expired_memory_ms: int
 
-    @property
-    def tables(self) -> _Stores:
-        """The worker's tables, by partition."""
+    def active_partitions(self) -> list[int]:
+        """Input partitions this worker owns and has restored."""
         ...
 
-    @property
-    def processor(self) -> _Rules:
-        """The per-record processor, which holds the rules' settings."""
+    def sweep_store(self, partition: int) -> WorkerStore:
+        """One active partition's tables, as the sweep reads and writes them."""
         ...
 
-    def recovered(self) -> bool:
-        """True once the tables are rebuilt and the agent runs."""
+    async def commit(self) -> None:
+        """Commit everything applied so far (`streams.worker.checkpoint`); under the lock."""
         ...
 
     async def drain(self) -> None:
@@ -314,9 +346,11 @@ class Sweeper:
 
     def __init__(self, join_app: SweepHost) -> None:
         self.join_app = join_app
-        # Per partition, where the last sweep ended: everything due before it was
-        # applied, and the tombstones it left there need not be read again. Only a
-        # marker that is already past STREAMS_EXPIRED_MEMORY when its prediction
+        # Per partition, where the next sweep may start: everything due before it was
+        # applied, and the tombstones the last sweep left there need not be read again.
+        # The sweep reads the index as persisted, so it commits first, and the floor is
+        # the time of that commit: every entry written after it falls due later. Only
+        # a marker that is already past STREAMS_EXPIRED_MEMORY when its prediction
         # arrives (or a clock set back) gets an index entry below it: every
         # `FULL_SCAN_EVERY`th sweep, and after any change of assignment, starts from
         # the first entry.
@@ -335,35 +369,30 @@ class Sweeper:
             registry=registry,
         )
 
-    def active_partitions(self) -> list[int]:
-        """Partitions of the input topics this worker processes now (not standbys)."""
-        app = self.join_app.app
-        if app.rebalancing or not self.join_app.recovered():
-            return []
-        predictions = self.join_app.topic_names["predictions"]
-        return sorted(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == predictions
-        )
-
     async def sweep(self) -> int:
         """Sweep every active partition once; return the number of rows changed."""
+        ja = self.join_app
         started = time.perf_counter()
-        started_ms = self.join_app.clock.now_ms()
+        started_ms = ja.clock.now_ms()
         changed = 0
         rows = 0
-        partitions = self.active_partitions()
+        async with ja.lock:
+            await ja.commit()  # the index as the sweep reads it holds every entry so far
+            committed_ms = ja.clock.now_ms()
+        partitions = ja.active_partitions()
         self.sweeps += 1
         if self.sweeps % FULL_SCAN_EVERY == 0 or set(partitions) != set(self.floors):
             self.floors.clear()
         for partition in partitions:
             try:
                 changed += await self.sweep_partition(partition, self.floors.pop(partition, None))
-                rows += self._estimate_rows(partition)
+                self.floors[partition] = due_upper_bound(committed_ms - 1)
+                rows += ja.sweep_store(partition).estimated_rows()
             except Exception:  # a revoked partition mid-sweep: the next tick sees the new one
                 log.exception("sweep_failed partition=%d", partition)
-        self.join_app.metrics.stored_predictions.set(rows)
+        ja.metrics.stored_predictions.set(rows)
         seconds = time.perf_counter() - started
-        self.join_app.metrics.sweep_seconds.observe(seconds)
+        ja.metrics.sweep_seconds.observe(seconds)
         if changed:
             log.info("swept rows=%d started_ms=%d seconds=%.3f", changed, started_ms, seconds)
         return changed
@@ -374,23 +403,22 @@ class Sweeper:
         `start`: the index key to start from (None: the first).
         """
         ja = self.join_app
-        store = ja.tables.store(partition)
         changed = 0
         while True:
             async with ja.lock:
-                if partition not in self.active_partitions():
+                if partition not in ja.active_partitions():
                     return changed  # taken away (or a rebalance under way): not ours to write
+                store = ja.sweep_store(partition)
                 began = time.perf_counter()
                 chunk = plan_chunk(
                     store,
                     ja.clock.now_ms(),
-                    ja.processor.expired_memory_ms,
+                    ja.expired_memory_ms,
                     start,
                     CHUNK,
                     CHUNK_SECONDS,
                 )
                 if not chunk.changes:
-                    self.floors[partition] = chunk.bound
                     return changed
                 for join_key, emit in chunk.emits:
                     ja.metrics.unmatched.labels(emit.record["reason"]).inc()
@@ -414,8 +442,3 @@ class Sweeper:
             metrics.pending_resolved.labels("unmatched").inc(chunk.timed_out)
         self.forgotten.inc(chunk.forgotten)
         self.stale.inc(len(chunk.changes) - chunk.rows)
-
-    def _estimate_rows(self, partition: int) -> int:
-        state = self.join_app.tables.store(partition).state
-        value = state.property_int_value("rocksdb.estimate-num-keys")
-        return int(value or 0)

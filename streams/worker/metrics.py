@@ -69,6 +69,32 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "streams_consumer_lag",
+            "Input records not yet read, per input partition this worker owns (librdkafka's view)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "streams_batch_size",
+            "Input records per batch handed to the agent",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.restore_remaining = Gauge(
+            "streams_restore_remaining_records",
+            "Changelog records left to read before a partition's tables are restored",
+            ["partition"],
+            registry=r,
+        )
+        self.restored = Counter(
+            "streams_restored_records",
+            "Changelog records read to restore tables (a restart reads only the tail)",
+            registry=r,
+        )
+        self.restoring = Gauge(
+            "streams_restoring_partitions", "Partitions being restored now", registry=r
+        )
         for topic in ("predictions", "feedback"):
             self.records_in.labels(topic)
             for outcome in OUTCOMES:

@@ -8,16 +8,21 @@ emitted. It is written in C and batches in its own thread: handing it a record c
 a few microseconds, where faust's producer path (its buffer, then aiokafka's
 Python batch builder and response parsing) cost most of the worker's time per input.
 
-The safety rule (see `streams.worker.app`): before faust commits input offsets, `flush()`
-waits until Kafka has every record handed to the outbox so far. A delivery that
-fails for good (after librdkafka's own retries) is not skipped over: `flush()` and
-`drain()` raise, and the worker stops before the commit, so the inputs are read
+The safety rule (see `streams.worker.checkpoint`): before input offsets are committed,
+`drain()` waits until Kafka has every record handed to the outbox so far. A delivery
+that fails for good (after librdkafka's own retries) is not skipped over: `drain()`
+and `flush()` raise, and the worker stops before the commit, so the inputs are read
 again after a restart.
 
-Changelog records also move faust's bookkeeping on: the offset of the last changelog
-record Kafka took, per partition, is what faust keeps in each RocksDB database as the
-"persisted offset" (`Store.set_persisted_offset`), so that a restart on the same data
-directory reads only the changelog written after it.
+With `exactly_once` the producer is transactional: the first record after a commit begins
+a transaction, and `commit_transaction` ends it together with the input offsets
+(`send_offsets_to_transaction` with the consumer's group metadata, so a worker whose
+partitions have moved is fenced, KIP-447). A transaction that fails is aborted:
+nothing of it reaches a `read_committed` reader.
+
+From the delivery reports the outbox keeps, per changelog partition, the offset of the
+last record Kafka took (`delivered`): the checkpoint each table database stores with
+its writes (`streams.worker.tables`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 # (changelog topic, partition) -> the offset of its last record Kafka has taken.
 Offsets = dict[tuple[str, int], int]
+
+
+# A transaction spans one commit interval (0.1 s); a dead worker's open one is aborted by
+# the broker after this long when no restart on its data directory fences it sooner.
+TRANSACTION_TIMEOUT_MS = 10_000
+TRANSACTION_CALL_TIMEOUT = 30.0
 
 
 class DeliveryFailed(RuntimeError):
@@ -43,25 +54,36 @@ class DeliveryFailed(RuntimeError):
 class Outbox:
     """One idempotent producer for every record the worker writes; see the module docstring."""
 
-    def __init__(self, connection: Mapping[str, str], changelogs: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        connection: Mapping[str, str],
+        changelogs: set[str] | None = None,
+        transactional_id: str | None = None,
+    ) -> None:
         """`connection`: address and security, from `streams.kafka_config.librdkafka_config`."""
         self.changelogs: set[str] = changelogs if changelogs is not None else set()
-        self.producer = Producer(
-            {
-                **connection,
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",
-                "compression.type": "lz4",
-                "linger.ms": 2,
-                "batch.num.messages": 10_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-                "error_cb": self._on_error,
-            }
-        )
+        config: dict[str, Any] = {
+            **connection,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "compression.type": "lz4",
+            "linger.ms": 2,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "error_cb": self._on_error,
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+            config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
+        self.producer = Producer(config)
+        self.transactional = transactional_id is not None
+        self.in_transaction = False
+        if self.transactional:
+            self.producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
         self.failures: list[str] = []
-        self.persisted: Offsets = {}
+        self.delivered: Offsets = {}
         self._on_delivery: Callable[[KafkaError | None, Message], None] = self._delivered
 
     def send(
@@ -73,6 +95,9 @@ class Outbox:
         headers: Headers | None = None,
     ) -> None:
         """Queue one record (value None: a tombstone); `drain()` waits until Kafka has it."""
+        if self.transactional and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
@@ -91,15 +116,15 @@ class Outbox:
         if error is not None:
             self.failures.append(f"{topic}[{message.partition()}]: {error}")
         elif topic in self.changelogs:
-            self.persisted[(topic, message.partition() or 0)] = message.offset() or 0
+            self.delivered[(topic, message.partition() or 0)] = message.offset() or 0
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.failures.append(f"fatal producer error: {error}")
         log.warning("producer_error error=%s", error)
 
-    async def drain(self) -> Offsets:
-        """Wait until Kafka has every record sent so far; return and forget the changelog offsets.
+    async def drain(self) -> None:
+        """Wait until Kafka has every record sent so far.
 
         The waiting happens in a thread, so the event loop goes on meanwhile. Raises
         `DeliveryFailed` when a record could not be delivered.
@@ -108,17 +133,39 @@ class Outbox:
         self.producer.poll(0)  # cheap: serve the deliveries that are already in
         while len(self.producer):
             await loop.run_in_executor(None, self.producer.flush, 0.5)
-        return self._delivered_offsets()
+        self._raise_failures()
 
-    def flush(self) -> Offsets:
-        """As `drain`, blocking the caller: for faust's commit, which must not go on before."""
+    def flush(self) -> None:
+        """As `drain`, blocking: for a rebalance callback, which must not return first."""
         while len(self.producer):
             self.producer.flush(0.5)
         self.producer.poll(0)
-        return self._delivered_offsets()
+        self._raise_failures()
 
-    def _delivered_offsets(self) -> Offsets:
+    def commit_transaction(self, offsets: list[TopicPartition], group: Any) -> None:
+        """Commit the transaction with the input `offsets`; blocking (call it from a thread).
+
+        Raises `KafkaException`: `txn_requires_abort()` says whether `abort_transaction`
+        recovers; any other error (fenced, fatal) means this worker must stop.
+        """
+        if not self.in_transaction:
+            if not offsets:
+                return
+            self.producer.begin_transaction()
+            self.in_transaction = True
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, group, TRANSACTION_CALL_TIMEOUT)
+        self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)
+        self.in_transaction = False
+        self._raise_failures()
+
+    def abort_transaction(self) -> None:
+        """Abort the open transaction: none of its records reaches a `read_committed` reader."""
+        if self.in_transaction:
+            self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
+            self.in_transaction = False
+        self.failures.clear()
+
+    def _raise_failures(self) -> None:
         if self.failures:  # kept: every later call fails too, the worker must stop
             raise DeliveryFailed("; ".join(self.failures[:10]))
-        offsets, self.persisted = self.persisted, {}
-        return offsets

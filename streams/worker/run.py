@@ -18,6 +18,7 @@ from pathlib import Path
 from streams.errors import StreamsError
 from streams.settings import Settings
 from streams.topics import check_broker, check_copartitioned, create_topics
+from streams.worker.tables import changelog_specs
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,16 @@ def check_web_port(host: str, port: int) -> None:
 
 
 def prepare(settings: Settings) -> int:
-    """Create missing topics and refuse co-partitioning mismatches; return the partition count."""
+    """Create missing topics and refuse co-partitioning mismatches; return the partition count.
+
+    The tables' changelogs are created here too, partitioned like the inputs.
+    """
     created = create_topics(settings)
+    partitions = check_copartitioned(settings)
+    created += create_topics(settings, changelog_specs(settings.app_id, partitions))
     if created:
         log.info("topics_created names=%s", ",".join(created))
-    return check_copartitioned(settings)
+    return partitions
 
 
 def run_worker(settings: Settings) -> int:

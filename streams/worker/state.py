@@ -21,6 +21,14 @@ from streams.worker.join import Row
 _DUE = struct.Struct(">Q")
 
 
+class Readable(Protocol):
+    """A table partition read by key."""
+
+    def get(self, key: bytes, /) -> bytes | None:
+        """The stored value, or None."""
+        ...
+
+
 class Writable(Protocol):
     """What rows live in: a faust table (the worker) or a rocksdict database (the baseline)."""
 
@@ -115,7 +123,7 @@ JOURNAL_KEY = feedback_stats.SHARE_PREFIX + b"journal"
 JOURNALED = "jsrc"
 
 
-def _journal(state: Writable) -> tuple[Any, bool] | None:
+def _journal(state: Readable) -> tuple[Any, bool] | None:
     """The journal entry, and whether its input's row was written (None: no journal)."""
     raw = state.get(JOURNAL_KEY)
     if raw is None:
@@ -159,7 +167,7 @@ def settle_journal(state: Writable) -> Moved:
     return undone
 
 
-def journal_done(state: Writable) -> bool:
+def journal_done(state: Readable) -> bool:
     """Whether a journal is there and its input was written whole (the sweep may drop it)."""
     found = _journal(state)
     return found is not None and found[1]

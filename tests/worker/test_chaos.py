@@ -4,19 +4,22 @@ Each variant states its invariant and checks it against a reference computed her
 
 - same-data-dir (at_least_once, restarted on its own RocksDB): every feedback's joined
   record is in `joined` (by id), a repeat is the same record but `joined_at`, the restart
-  replayed inputs (`streams_replays_total` > 0); the thumbs-up aggregates never count a
-  prediction twice and lack at most one count per replayed input (the known gap: README,
-  Feedback analysis).
+  replayed inputs (`streams_replays_total` > 0); the thumbs-up aggregates on
+  `feedback-stats` are exact (the databases hold exactly their changelogs up to a
+  checkpoint, so the restart is as exact as a rebuild).
 - rebuilt-from-changelog (at_least_once, local state deleted): the same, and the
   aggregates on `feedback-stats` are exact.
 - exactly-once: every feedback's joined record exactly once, no repeat at all for a
-  read_committed reader. Not built yet (#13): marked xfail(strict=True), so it fails the
-  day it passes and the mark must go.
+  read_committed reader, and the aggregates exact.
+
+In every variant the restarted worker reads again inputs it had applied before the kill
+(at least once: as replays, since their changelog records had reached Kafka).
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -36,9 +39,10 @@ from harness import (
     prediction,
     read_topic,
     stats_totals,
-    wait_for,
     wait_until_equal,
 )
+
+from streams.worker.consumer import input_group
 
 pytestmark = pytest.mark.chaos
 
@@ -66,7 +70,10 @@ def applied_not_committed(worker: WorkerProcess, env: dict[str, str]) -> tuple[i
     samples = worker.metrics()
     applied = int(sum(metric(samples, "streams_records_in_total", topic=t) for t in INPUTS))
     consumer = Consumer(
-        {"bootstrap.servers": env["STREAMS_BOOTSTRAP_SERVERS"], "group.id": env["STREAMS_APP_ID"]}
+        {
+            "bootstrap.servers": env["STREAMS_BOOTSTRAP_SERVERS"],
+            "group.id": input_group(env["STREAMS_APP_ID"]),
+        }
     )
     try:
         partitions = [
@@ -80,14 +87,17 @@ def applied_not_committed(worker: WorkerProcess, env: dict[str, str]) -> tuple[i
     return applied, applied - committed
 
 
-def kill_holding_uncommitted_inputs(worker: WorkerProcess, env: dict[str, str]) -> int:
-    """SIGKILL the worker once it has applied at least 20 inputs it has not committed."""
+def kill_holding_uncommitted_inputs(worker: WorkerProcess, env: dict[str, str]) -> tuple[int, int]:
+    """SIGKILL the worker once it has applied at least 20 inputs it has not committed.
+
+    Returns (inputs applied, of which not committed) as last read before the kill.
+    """
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         applied, uncommitted = applied_not_committed(worker, env)
         if applied >= 100 and uncommitted >= 20:
             worker.kill()
-            return uncommitted
+            return applied, uncommitted
         time.sleep(0.05)
     raise AssertionError("the worker never held 20 applied inputs uncommitted")
 
@@ -97,13 +107,7 @@ def kill_holding_uncommitted_inputs(worker: WorkerProcess, env: dict[str, str]) 
     [
         ("at_least_once", False),
         ("at_least_once", True),
-        pytest.param(
-            "exactly_once",
-            False,
-            marks=pytest.mark.xfail(
-                strict=True, reason="exactly-once is not built yet (#13): repeats after a crash"
-            ),
-        ),
+        ("exactly_once", False),
     ],
     ids=["same-data-dir", "rebuilt-from-changelog", "exactly-once"],
 )
@@ -122,7 +126,7 @@ def test_sigkill_with_uncommitted_inputs(
     events: list[dict[str, object]] = []
     sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 6.0)))
     sender.start()
-    uncommitted = kill_holding_uncommitted_inputs(worker, env)
+    applied, uncommitted = kill_holding_uncommitted_inputs(worker, env)
     if lose_local_state:
         shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
     sender.join()
@@ -135,17 +139,35 @@ def test_sigkill_with_uncommitted_inputs(
         settle=2.0,
         until=all_joined(events),
     )
+    check_joined_and_aggregates(bootstrap, topic_prefix, out, events, guarantee)
+    # The restart read again inputs it had applied: that is what this test is about.
+    read_again = metric(worker.metrics(), "streams_records_in_total", topic="predictions")
+    read_again += metric(worker.metrics(), "streams_records_in_total", topic="feedback")
+    assert read_again > 2 * len(keys) - applied, (read_again, applied, uncommitted)
+    if guarantee == "at_least_once":
+        # Their changelog records had reached Kafka: rows remember them, so they are replays
+        # (the same joined records again). With exactly_once they were aborted with their
+        # transaction and are applied afresh.
+        assert metric(worker.metrics(), "streams_replays_total") > 0
+
+
+def check_joined_and_aggregates(
+    bootstrap: str,
+    topic_prefix: str,
+    out: list[Any],
+    events: list[dict[str, object]],
+    guarantee: str,
+) -> None:
+    """Every expected joined record is there (none at all repeated with exactly_once), and the
+    thumbs_up aggregates on feedback-stats count each prediction once."""
     assert_joined_once_by_id(out, events)
     repeats = len(out) - len({r.value["id"] for r in out})
-    print(f"{guarantee}: killed with {uncommitted} inputs uncommitted; {repeats} repeats")
-    # The restart read again inputs it had applied: that is what this test is about.
-    replays = wait_for(
-        lambda: metric(worker.metrics(), "streams_replays_total"), 30, "a replay after the restart"
-    )
     if guarantee == "exactly_once":
-        assert repeats == 0, f"{repeats} joined records repeated for a read_committed reader"
-
-    # Aggregates: each prediction counts once, with its thumbs-up value.
+        # One Kafka transaction per commit: a read_committed reader sees no repeat at all.
+        assert repeats == 0, f"{repeats} repeated joined records"
+    # However often an input was read again, each prediction counts once in the aggregates:
+    # rebuilt from the changelogs, and on the worker's own data directory too (its
+    # databases hold exactly their changelogs up to a checkpoint, see streams.worker.tables).
     thumbs = [bool(event["feedback"]["thumbs_up"]) for event in events]  # type: ignore[index]
     expected = [len(thumbs), sum(thumbs), len(thumbs) - sum(thumbs), 0, 0]
     topic = topic_prefix + "feedback-stats"
@@ -157,14 +179,89 @@ def test_sigkill_with_uncommitted_inputs(
                 summed = [a + b for a, b in zip(summed, share, strict=True)]
         return summed
 
-    if lose_local_state:
-        wait_until_equal(thumbs_up_totals, expected, timeout=60)
-        return
-    # Known gap on the same data directory (README, Feedback analysis): faust restores the
-    # changelog's tail over newer local writes, which can leave a share short by the inputs
-    # whose share records had not reached Kafka; never over.
-    wait_for(lambda: thumbs_up_totals()[0] >= expected[0] - replays, 60, "the aggregates")
-    time.sleep(2)  # what is still to be published, once the worker commits again
-    totals = thumbs_up_totals()
-    assert all(got <= want for got, want in zip(totals, expected, strict=True)), (totals, expected)
-    assert totals[0] >= expected[0] - replays, (totals, expected, replays)
+    wait_until_equal(thumbs_up_totals, expected, timeout=60)
+    print(f"{guarantee}: {repeats} repeated joined records")
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_three_sigkills_under_load_lose_nothing_and_count_exactly(
+    workers: Start,
+    producer: RawProducer,
+    bootstrap: str,
+    topic_prefix: str,
+    env: dict[str, str],
+    guarantee: str,
+) -> None:
+    """Invariant: killed three times while 20,000 feedback flow (restarted on its own data
+    directory twice, on an empty one once), the worker joins each feedback (exactly once for
+    a read_committed reader with exactly_once), and the aggregates count each once."""
+    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee)
+    keys = [f"k{i}" for i in range(20_000)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 90.0)))
+    sender.start()
+    for lose_local_state in (False, False, True):
+        time.sleep(4.0)  # joining, with transactions open
+        worker.kill()
+        if lose_local_state:
+            shutil.rmtree(Path(env["STREAMS_DATA_DIR"]))
+        worker.start(wait=False)
+        worker.wait_healthy(timeout=AFTER_CRASH_TIMEOUT)  # the killed one's session ended
+    sender.join()
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=2.0,
+        until=all_joined(events),
+    )
+    check_joined_and_aggregates(bootstrap, topic_prefix, out, events, guarantee)
+
+
+def test_a_paused_worker_whose_partitions_moved_is_fenced(
+    workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
+) -> None:
+    """Invariant (exactly_once): a worker frozen past its session timeout adds nothing later.
+
+    It is frozen (SIGSTOP) while records flow, likely inside an open transaction; its
+    partitions go to another worker; once thawed (SIGCONT) it can commit nothing (its
+    transaction timed out, its group generation is gone), so a read_committed reader sees
+    every joined record exactly once, and the thawed worker exits (70) or goes on cleanly.
+    """
+    eos = {"STREAMS_PROCESSING_GUARANTEE": "exactly_once"}
+    first = workers("w1", **eos)
+    assert first.process is not None
+    keys = [f"z{i}" for i in range(600)]
+    events: list[dict[str, object]] = []
+    sender = threading.Thread(
+        target=lambda: events.extend(produce_stream(producer, keys[:400], 4.0))
+    )
+    sender.start()
+    time.sleep(2.0)
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        sender.join()
+        second = workers("w2", wait=False, **eos)
+        second.wait_healthy(timeout=AFTER_CRASH_TIMEOUT)  # once the first one's session ended
+        read_topic(
+            bootstrap,
+            topic_prefix + "joined",
+            len(events),
+            timeout=AFTER_CRASH_TIMEOUT,
+            until=all_joined(events),
+        )
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    events.extend(produce_stream(producer, keys[400:], 2.0))
+    out = read_topic(
+        bootstrap,
+        topic_prefix + "joined",
+        len(keys),
+        timeout=AFTER_CRASH_TIMEOUT,
+        settle=5.0,
+        until=all_joined(events),
+    )
+    assert_joined_once_by_id(out, events)
+    assert len(out) == len(keys), f"{len(out) - len(keys)} repeated joined records"
+    assert first.process.poll() in (None, 70), first.log_tail()

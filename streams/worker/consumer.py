@@ -1,0 +1,160 @@
+"""The worker's input consumer: one confluent-kafka consumer reads `predictions` and `feedback`.
+
+- Its own group, `<app id>-inputs`: faust's consumer joins the group `<app id>` with
+  faust's assignor protocol, and two protocols in one group fail
+  (INCONSISTENT_GROUP_PROTOCOL).
+- `partition.assignment.strategy=range`: with equal partition counts, partition p of
+  both topics goes to the same member (co-partitioning: the row of a join key lives in
+  the tables of the partition its records arrive on). `on_assign` checks it.
+- Nothing is committed automatically: `commit_applied` commits, for each partition, the
+  offset after the last record applied, and only when `streams.worker.checkpoint` says so.
+- `isolation.level=read_committed`: an aborted transaction's inputs are never read.
+
+librdkafka prefetches in its own threads; `read` takes what has arrived without waiting
+(`consume(n, timeout=0)`), so the event loop never blocks on it. Rebalance callbacks
+run inside that call, on the event loop's thread, between two batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+
+from streams.kafka_config import librdkafka_config
+from streams.settings import Settings
+from streams.worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Any, list[TopicPartition]], None]
+STATISTICS_INTERVAL_MS = 2000
+
+
+def input_group(app_id: str) -> str:
+    """The input consumer's group id, apart from faust's own group `<app id>`."""
+    return f"{app_id}-inputs"
+
+
+class InputConsumer:
+    """The consumer of the input topics, and the offsets applied but not yet committed."""
+
+    def __init__(self, settings: Settings, kind_of: dict[str, str], metrics: Metrics) -> None:
+        self.kind_of = kind_of  # full input topic name -> predictions | feedback
+        self.topics = list(kind_of)
+        self.metrics = metrics
+        self.consumer = Consumer(
+            {
+                **librdkafka_config(settings),
+                "group.id": input_group(settings.app_id),
+                "partition.assignment.strategy": "range",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": self._on_statistics,
+                "error_cb": self._on_error,
+            }
+        )
+        # (topic, partition) -> the offset after the last record applied, not yet committed.
+        self.applied: dict[tuple[str, int], int] = {}
+        self.closed = False
+
+    def subscribe(self, on_assign: Callback, on_revoke: Callback, on_lost: Callback) -> None:
+        """Join the group; the callbacks run inside `read`."""
+        self.consumer.subscribe(
+            self.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
+        )
+
+    def read(self, limit: int) -> list[Message[Any, Any]]:
+        """What has arrived, up to `limit` records, without waiting."""
+        return self.consumer.consume(limit, 0)
+
+    def mark_applied(self, topic: str, partition: int, offset: int) -> None:
+        """Record that the input at `offset` was applied (committed at the next commit)."""
+        self.applied[(topic, partition)] = offset + 1
+
+    def uncommitted(self) -> bool:
+        """Whether records were applied since the last commit."""
+        return bool(self.applied)
+
+    def commit_applied(self) -> None:
+        """Commit the offsets of the records applied; blocking (call it from a thread).
+
+        A commit the group refuses (the partitions moved in a rebalance) is logged:
+        the records are read again by their new owner, as after a crash.
+        """
+        if not self.applied:
+            return
+        applied, self.applied = self.applied, {}
+        offsets = [TopicPartition(t, p, o) for (t, p), o in applied.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            log.warning("commit_refused partitions=%d error=%s", len(offsets), error)
+
+    def take_applied(self) -> list[TopicPartition]:
+        """The offsets to commit for the records applied (in a transaction), forgotten here."""
+        applied, self.applied = self.applied, {}
+        return [TopicPartition(t, p, o) for (t, p), o in applied.items()]
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for `send_offsets_to_transaction`."""
+        return self.consumer.consumer_group_metadata()
+
+    def rewind(self, offsets: list[TopicPartition]) -> None:
+        """Read these partitions again from their committed offsets (an aborted transaction)."""
+        if not offsets:
+            return
+        committed = self.consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in offsets], timeout=30
+        )
+        for tp in committed:
+            start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            log.info("rewind topic=%s partition=%d offset=%d", tp.topic, tp.partition, start)
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the applied offsets of lost partitions (this worker never commits them)."""
+        for where in [w for w in self.applied if w[1] in partitions]:
+            del self.applied[where]
+
+    def pause(self, partitions: list[int]) -> None:
+        """Stop fetching these partitions of both topics."""
+        if partitions:
+            self.consumer.pause(self._tps(partitions))
+
+    def resume(self, partitions: list[int]) -> None:
+        """Fetch these partitions of both topics again."""
+        if partitions:
+            self.consumer.resume(self._tps(partitions))
+
+    def _tps(self, partitions: list[int]) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for topic in self.topics for p in partitions]
+
+    def close(self) -> None:
+        """Leave the group at once (the partitions go to the others without a session timeout)."""
+        if not self.closed:
+            self.closed = True
+            self.consumer.close()
+
+    def _on_statistics(self, raw: str) -> None:
+        # librdkafka's statistics (every STATISTICS_INTERVAL_MS, inside `read`): the lag.
+        try:
+            stats = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        gauge = self.metrics.consumer_lag
+        for topic in self.topics:
+            partitions = stats.get("topics", {}).get(topic, {}).get("partitions", {})
+            for number, partition in partitions.items():
+                lag = partition.get("consumer_lag", -1)
+                if number != "-1" and lag >= 0:
+                    gauge.labels(self.kind_of[topic], number).set(lag)
+
+    def _on_error(self, error: Any) -> None:
+        log.warning("consumer_error error=%s", error)
