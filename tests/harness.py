@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -431,6 +432,54 @@ def stats_totals(bootstrap: str, topic: str) -> dict[tuple[Any, ...], list[Any]]
         for i, name in enumerate(("count", "true", "false", "numbers", "sum")):
             current[i] += record[name]
     return totals
+
+
+KAFKA_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
+
+
+def free_port_range(count: int) -> int:
+    """A port P such that P .. P+count-1 are all free right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count >= 65_000:
+            continue
+        free = True
+        for port in range(base, base + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return base
+    raise AssertionError("no range of free ports found")
+
+
+def own_broker_env(state: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment for `scripts/kafka.sh` to run a broker of a test's own (not the shared
+    one): its state under `state`, PLAINTEXT on `port`, the controller on `port` + 1."""
+    return {
+        **os.environ,
+        "KAFKA_STATE_DIR": str(state),
+        "KAFKA_ADDRESS": f"localhost:{port}",
+        "KAFKA_HEAP": "512m",
+        **extra,
+    }
+
+
+def kafka_script(command: str, env: dict[str, str]) -> None:
+    """`scripts/kafka.sh up|down` with `env` (from `own_broker_env`); fails showing its output."""
+    done = subprocess.run(
+        [str(KAFKA_SCRIPT), command],
+        env=env,
+        cwd=KAFKA_SCRIPT.parent.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, f"kafka.sh {command} failed:\n{done.stdout}{done.stderr}"
 
 
 # The `start_worker` fixture: starts a `streams worker` process with extra settings.

@@ -9,7 +9,6 @@ certificates with openssl and creates the SCRAM users when it formats the storag
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
-from harness import WorkerProcess
+from harness import WorkerProcess, free_port_range, kafka_script, own_broker_env
 from test_cli import streams_cli
 from test_security import make_ca
 
@@ -33,8 +32,6 @@ from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "kafka.sh"
 # listener name -> (port offset from the PLAINTEXT port, protocol)
 LISTENERS = {"sasl_plaintext": 2, "ssl": 3, "sasl_ssl": 4}
 # A refused login or TLS handshake must stop a client within this many seconds.
@@ -86,48 +83,18 @@ class SecureBroker:
         return env
 
 
-def _free_port_range(count: int) -> int:
-    """A port P such that P .. P+count-1 are all free right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count >= 65_000:
-            continue
-        free = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return base
-    raise AssertionError("no range of free ports found")
-
-
 @pytest.fixture(scope="session")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """A second broker, secured, from the same jars; started once, stopped at the end."""
     state = tmp_path_factory.mktemp("kafka-secure")
-    port = _free_port_range(5)
-    env = {
-        **os.environ,
-        "KAFKA_SECURE": "1",
-        "KAFKA_STATE_DIR": str(state),
-        "KAFKA_ADDRESS": f"localhost:{port}",
-        "KAFKA_HEAP": "512m",
-    }
-    started = subprocess.run([str(SCRIPT), "up"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert started.returncode == 0, (
-        f"secured broker did not start:\n{started.stdout}{started.stderr}"
-    )
+    port = free_port_range(5)
+    env = own_broker_env(state, port, KAFKA_SECURE="1")
+    kafka_script("up", env)
     try:
         assert answers(f"localhost:{port}")
         yield SecureBroker(state, port)
     finally:
-        subprocess.run([str(SCRIPT), "down"], env=env, cwd=ROOT, check=False)
+        kafka_script("down", env)
 
 
 @pytest.fixture
