@@ -59,7 +59,14 @@ def test_topics_create_makes_every_topic_once(env: dict[str, str], topic_prefix:
     assert all(line.endswith("created") for line in first.stdout.splitlines())
     again = streams_cli("topics", "create", env=env)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == [f"{topic_prefix}{n}\t4 partitions\texists" for n in names]
+    app_id = env["STREAMS_APP_ID"]
+    counts = {name: 1 if name == "versions" else 4 for name in names}
+    assert again.stdout.splitlines() == [
+        *(f"{topic_prefix}{n}\t{counts[n]} partitions\texists" for n in names),
+        f"{app_id}-state-changelog\t4 partitions\texists",
+        f"{app_id}-due-changelog\t4 partitions\texists",
+        f"{app_id}-__assignor-__leader\t1 partitions\texists",
+    ]
     topics = (
         AdminClient({"bootstrap.servers": env["STREAMS_BOOTSTRAP_SERVERS"]})
         .list_topics(timeout=10)
