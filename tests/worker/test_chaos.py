@@ -183,6 +183,8 @@ def check_joined_and_aggregates(
     print(f"{guarantee}: {repeats} repeated joined records")
 
 
+# Three session timeouts and 20,000 feedback: about 4 minutes a variant here.
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_three_sigkills_under_load_lose_nothing_and_count_exactly(
     workers: Start,
