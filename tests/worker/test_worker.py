@@ -116,12 +116,12 @@ def test_scope_retries_replacements_and_duplicates(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
 ) -> None:
     worker = workers(STREAMS_PENDING_TTL="3s")
-    pred = prediction("loans", "shared")
+    pred = prediction("loans", "common-key")
     producer.send("predictions", pred)
     # A key on the same partition, for a sentinel feedback sent after what must not appear.
-    near = key_on_partition(partition_for(b"shared", 4), 4)
+    near = key_on_partition(partition_for(b"common-key", 4), 4)
     producer.send("predictions", prediction("loans", near))
-    producer.send("feedback", other_app := feedback("chat", "shared", {"thumbs_up": True}))
+    producer.send("feedback", other_app := feedback("chat", "common-key", {"thumbs_up": True}))
     producer.flush()
     # Same key, other application: never joined; it times out as no_prediction.
     unmatched = read_topic(bootstrap, topic_prefix + "unmatched", 1, timeout=30)
@@ -129,7 +129,7 @@ def test_scope_retries_replacements_and_duplicates(
     retry = {**pred, "inputs": {"text": "a retry must not change anything"}}
     producer.send("predictions", retry)
     producer.flush()
-    first = feedback("loans", "shared", {"a": 1})
+    first = feedback("loans", "common-key", {"a": 1})
     producer.send("feedback", first)
     producer.send("feedback", first)  # the same feedback twice
     sentinel = feedback("loans", near, {"sentinel": True})
@@ -138,9 +138,9 @@ def test_scope_retries_replacements_and_duplicates(
     out = read_until_ids(
         bootstrap, topic_prefix + "joined", {joined_id("loans", near, sentinel["event_id"])}
     )
-    out = [r for r in out if r.value["join_key"] == "shared"]
+    out = [r for r in out if r.value["join_key"] == "common-key"]
     assert len(out) == 1 and out[0].value["inputs"] == pred["inputs"]
-    replacement = prediction("loans", "shared", inputs={"text": "replaced"})
+    replacement = prediction("loans", "common-key", inputs={"text": "replaced"})
     producer.send("predictions", replacement)
     producer.flush()
     # The two topics are read independently: wait until the replacement is stored.
@@ -154,15 +154,15 @@ def test_scope_retries_replacements_and_duplicates(
         20,
         "the replacement stored",
     )
-    second = feedback("loans", "shared", {"b": 2})
+    second = feedback("loans", "common-key", {"b": 2})
     producer.send("feedback", second)
     producer.flush()
     out = read_until_ids(
-        bootstrap, topic_prefix + "joined", {joined_id("loans", "shared", second["event_id"])}
+        bootstrap, topic_prefix + "joined", {joined_id("loans", "common-key", second["event_id"])}
     )
-    out = [r for r in out if r.value["join_key"] == "shared"]
+    out = [r for r in out if r.value["join_key"] == "common-key"]
     assert len(out) == 2
-    latest = by_id(out)[joined_id("loans", "shared", second["event_id"])]
+    latest = by_id(out)[joined_id("loans", "common-key", second["event_id"])]
     assert latest["inputs"] == {"text": "replaced"} and latest["feedback"] == {"a": 1, "b": 2}
     assert latest["feedback_revision"] == 2
 
