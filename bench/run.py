@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import shutil
@@ -40,6 +41,7 @@ from bench.sdk import log_throughput
 from streams.settings import Settings
 
 log = logging.getLogger("bench")
+FALLBACK_RATE = 100  # feedback/s, when the paced contender's rate could not be measured
 
 LATENCY_SHARE = 0.5  # latency mode at half of the worker's throughput, by default
 
@@ -114,7 +116,13 @@ def one_run(
     log.info("run=%d ceiling=%s", index + 1, run["ceiling"])
     if rate is None:
         paced_by = WORKER if WORKER in names else names[0]
-        rate = LATENCY_SHARE * run[paced_by]["throughput"]["joined_per_s"]
+        measured = run[paced_by]["throughput"]["joined_per_s"]
+        # A tiny run can drain before its first input read is seen (no span, NaN):
+        # pace the latency mode at a modest fixed rate then, and say so.
+        if not math.isfinite(measured) or measured <= 0:
+            log.warning("rate_unmeasured contender=%s using=%d", paced_by, FALLBACK_RATE)
+            measured = FALLBACK_RATE / LATENCY_SHARE
+        rate = LATENCY_SHARE * measured
     run["rate"] = rate
     for name in order:
         measure(name, "latency")
