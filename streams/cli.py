@@ -116,7 +116,8 @@ def _topics_create(settings: Settings) -> int:
     counts, created = create_every_topic(settings)
     for name, partitions in counts.items():
         state = "created" if name in created else "exists"
-        print(f"{name}\t{partitions} partitions\t{state}")
+        unit = "partition" if partitions == 1 else "partitions"
+        print(f"{name}\t{partitions} {unit}\t{state}")
     sys.stdout.flush()
     problem = copartition_problem(settings, counts)
     if problem is not None:

@@ -60,12 +60,12 @@ def test_topics_create_makes_every_topic_once(env: dict[str, str], topic_prefix:
     again = streams_cli("topics", "create", env=env)
     assert again.returncode == 0, again.stderr
     app_id = env["STREAMS_APP_ID"]
-    counts = {name: 1 if name == "versions" else 4 for name in names}
+    counts = {name: "1 partition" if name == "versions" else "4 partitions" for name in names}
     assert again.stdout.splitlines() == [
-        *(f"{topic_prefix}{n}\t{counts[n]} partitions\texists" for n in names),
+        *(f"{topic_prefix}{n}\t{counts[n]}\texists" for n in names),
         f"{app_id}-state-changelog\t4 partitions\texists",
         f"{app_id}-due-changelog\t4 partitions\texists",
-        f"{app_id}-__assignor-__leader\t1 partitions\texists",
+        f"{app_id}-__assignor-__leader\t1 partition\texists",
     ]
     topics = (
         AdminClient({"bootstrap.servers": env["STREAMS_BOOTSTRAP_SERVERS"]})

@@ -218,7 +218,7 @@ def test_topics_create_makes_the_workers_own_topics_too(
     lines = {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
     for name in internal:
         assert lines[name] == ["4 partitions", "created"]  # as the inputs: co-partitioned
-    assert lines[leader_topic(settings)] == ["1 partitions", "created"]
+    assert lines[leader_topic(settings)] == ["1 partition", "created"]
     client = AdminClient({"bootstrap.servers": bootstrap})
     for name in internal:
         assert topic_configs(client, name)["cleanup.policy"] == "compact"
