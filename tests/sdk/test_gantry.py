@@ -14,9 +14,10 @@ from test_sdk import no_global_client as no_global_client  # autouse here too
 
 import streams
 from streams.clock import ManualClock
-from streams.sdk.client import Application, GantryKeywordWarning, fill_prompt
+from streams.sdk.client import Application, fill_prompt
 from streams.sdk.producer import Client
 from streams.sdk.records import LogError, LogTypeError
+from streams.sdk.session import GantryKeywordWarning
 from streams.sdk.versions import Catalog, Version, check_env, connection_config, prompt_inputs
 from streams.settings import Settings
 

@@ -20,7 +20,7 @@ import streams
 from streams.clock import ManualClock
 from streams.errors import DeliveryError, StreamsError
 from streams.records import format_ts, validate
-from streams.sdk import client as sdk
+from streams.sdk import session as sdk
 from streams.sdk.client import Application, fill_prompt
 from streams.sdk.joinkey import JoinKey
 from streams.sdk.producer import Client, producer_config

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 import streams
 from streams.errors import DeliveryError
 from streams.records import load_schema
-from streams.sdk import client as sdk
+from streams.sdk import session as sdk
 from streams.sdk.client import Application
 from streams.sdk.consumer import read_topic
 from streams.sdk.joinkey import JoinKey

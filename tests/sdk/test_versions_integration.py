@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 import streams
-from streams.sdk import client as sdk
+from streams.sdk import session as sdk
 from streams.sdk.versions import VersionStore
 from streams.settings import Settings
 from streams.topics import VERSIONS, create_topics
