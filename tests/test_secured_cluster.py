@@ -30,7 +30,8 @@ from streams.kafka_config import librdkafka_config
 from streams.kafka_ping import answers
 from streams.settings import Settings
 
-pytestmark = pytest.mark.integration
+# One process runs them all under pytest-xdist: they share one secured broker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
 
 # listener name -> (port offset from the PLAINTEXT port, protocol)
 LISTENERS = {"sasl_plaintext": 2, "ssl": 3, "sasl_ssl": 4}
