@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## test: every test, unit and integration, against a real broker (started when none answers),
-## in TEST_PROCESSES processes side by side; tests that share a broker of their own stay together
+## in TEST_PROCESSES processes side by side, a test file in one process (its fixtures, such as
+## a broker of its own, are set up once)
 test: install
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format) and mypy --strict on streams/ and bench/
 lint: install

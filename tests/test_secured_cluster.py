@@ -30,8 +30,7 @@ from streams.kafka_config import librdkafka_config
 from streams.kafka_ping import answers
 from streams.settings import Settings
 
-# One process runs them all under pytest-xdist: they share one secured broker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
+pytestmark = pytest.mark.integration
 
 # listener name -> (port offset from the PLAINTEXT port, protocol)
 LISTENERS = {"sasl_plaintext": 2, "ssl": 3, "sasl_ssl": 4}

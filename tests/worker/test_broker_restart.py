@@ -40,8 +40,7 @@ from harness import (
 )
 from test_chaos import check_joined_and_aggregates, produce_stream
 
-# One process runs them all under pytest-xdist: they share this module's broker.
-pytestmark = [pytest.mark.chaos, pytest.mark.xdist_group("own-broker")]
+pytestmark = pytest.mark.chaos
 
 OUTAGE_SECONDS = 10.0
 
