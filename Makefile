@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (0: every test in one process, in file order)
+TEST_PROCESSES ?= 2
 
 .PHONY: install test lint demo bench peers kafka-up kafka-down clean
 
@@ -14,9 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lint,stats]'
 	touch $@
 
-## test: every test, unit and integration, against a real broker (started when none answers)
+## test: every test, unit and integration, against a real broker (started when none answers),
+## in TEST_PROCESSES processes side by side, a test file in one process (its fixtures, such as
+## a broker of its own, are set up once)
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format) and mypy --strict on streams/ and bench/
 lint: install

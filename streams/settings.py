@@ -26,6 +26,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 GUARANTEES = ("at_least_once", "exactly_once")
+# The broker's defaults for group.min.session.timeout.ms and group.max.session.timeout.ms:
+# a session timeout outside them is refused when the worker joins its groups.
+SESSION_TIMEOUT_RANGE = (timedelta(seconds=6), timedelta(minutes=30))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -100,6 +103,18 @@ def _retention(text: str, variable: str) -> timedelta:
     return value
 
 
+def _session_timeout(text: str) -> timedelta:
+    value = parse_duration(text, "STREAMS_SESSION_TIMEOUT")
+    low, high = SESSION_TIMEOUT_RANGE
+    if not low <= value <= high:
+        raise ConfigError(
+            "STREAMS_SESSION_TIMEOUT",
+            f"{text.strip()!r} is out of range ({format_duration(low)}..{format_duration(high)}, "
+            "the broker's default group.min/max.session.timeout.ms)",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The worker's and the SDK's configuration; build it with `Settings.from_env()`."""
@@ -126,6 +141,9 @@ class Settings:
     log_level: str = "INFO"
     # How long the SDK waits at exit (and by default in flush/close) for undelivered records.
     flush_timeout: timedelta = timedelta(seconds=30)
+    # How long a worker that died without leaving its consumer groups (SIGKILL, exit 70)
+    # keeps its partitions: librdkafka's default for the input group.
+    session_timeout: timedelta = timedelta(seconds=45)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -181,6 +199,9 @@ class Settings:
         flush_timeout = defaults.flush_timeout
         if env.get("STREAMS_FLUSH_TIMEOUT", "").strip():
             flush_timeout = parse_duration(env["STREAMS_FLUSH_TIMEOUT"], "STREAMS_FLUSH_TIMEOUT")
+        session_timeout = defaults.session_timeout
+        if env.get("STREAMS_SESSION_TIMEOUT", "").strip():
+            session_timeout = _session_timeout(env["STREAMS_SESSION_TIMEOUT"])
         return cls(
             bootstrap_servers=servers,
             app_id=app_id,
@@ -200,6 +221,7 @@ class Settings:
             security=security_from_env(env),
             log_level=log_level,
             flush_timeout=flush_timeout,
+            session_timeout=session_timeout,
         )
 
     def retention_for(self, application: str) -> timedelta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
@@ -33,17 +34,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def bootstrap() -> str:
+def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The broker at STREAMS_BOOTSTRAP_SERVERS if it answers, else the local one (`make kafka-up`).
 
-    Never skips: a test that needs a broker and has none fails.
+    Never skips: a test that needs a broker and has none fails. Test processes run side
+    by side (`make test` runs pytest-xdist) start it one at a time: the first starts it,
+    the others find it answering.
     """
     servers = os.environ.get("STREAMS_BOOTSTRAP_SERVERS", "localhost:9092")
     if any(answers(server) for server in servers.split(",")):
         return servers
     if servers != "localhost:9092":
         pytest.fail(f"no Kafka broker answers at STREAMS_BOOTSTRAP_SERVERS={servers}")
-    subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True, cwd=ROOT)
+    # The parent of the base temp dir is the same for every process of one run.
+    with (tmp_path_factory.getbasetemp().parent / "kafka-up.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "up"], check=True, cwd=ROOT)
     assert answers(servers), "make kafka-up returned but no broker answers"
     return servers
 

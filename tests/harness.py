@@ -24,9 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.records import format_ts
 from streams.worker.join import joined_id
 
-# A worker that died without leaving its consumer group keeps its partitions until the
-# group's session timeout ends (faust's default, 60 s); only then does a restarted or
-# surviving worker get them. Reads that follow a crash wait this long.
+# A worker that died without leaving its consumer groups (SIGKILL, exit 70) keeps its
+# partitions until their session timeout ends (STREAMS_SESSION_TIMEOUT, 45 s by default):
+# the input consumer's group, and faust's, which a restarted worker waits for before it
+# reads. Tests that crash workers give them the broker's minimum, so the failover takes
+# seconds; the crash is the same.
+QUICK_FAILOVER = {"STREAMS_SESSION_TIMEOUT": "6s"}
+# How long reads and restarts that follow a crash may take: the session timeout, a
+# restore, and catching up with what was sent meanwhile, on a loaded machine.
 AFTER_CRASH_TIMEOUT = 150.0
 
 
@@ -165,15 +170,33 @@ def read_topic(
     return found
 
 
+def all_ids_read(ids: Iterable[str]) -> Callable[[list[Read]], bool]:
+    """For `read_topic(until=...)`: true once a record with each of `ids` was read.
+
+    It looks only at the records added since its last call (a read appends, and asks
+    after each record; looking at them all each time made long reads quadratic), so
+    give each read its own.
+    """
+    missing = set(ids)
+    looked_at = 0
+
+    def every_id_read(found: list[Read]) -> bool:
+        nonlocal looked_at
+        for record in found[looked_at:]:
+            missing.discard(record.value.get("id"))
+        looked_at = len(found)
+        return not missing
+
+    return every_id_read
+
+
 def read_until_ids(bootstrap: str, topic: str, ids: set[str], timeout: float = 60.0) -> list[Read]:
     """Read `topic` until records with every id in `ids` came (sentinels sent last); fail if not.
 
     Records on a partition come in the order they were written, so whatever was written
     to the sentinel's partition before it is in the result.
     """
-    found = read_topic(
-        bootstrap, topic, 0, timeout, until=lambda got: ids <= {r.value.get("id") for r in got}
-    )
+    found = read_topic(bootstrap, topic, 0, timeout, until=all_ids_read(ids))
     missing = ids - {r.value.get("id") for r in found}
     assert not missing, f"sentinel record(s) {sorted(missing)} never came on {topic}"
     return found
@@ -348,8 +371,23 @@ def all_joined(events: Iterable[dict[str, Any]]) -> Callable[[list[Read]], bool]
 
     Counting records is not enough after a crash or a rebalance: repeats count too.
     """
-    expected = joined_ids(events)
-    return lambda found: expected <= {r.value["id"] for r in found}
+    return all_ids_read(joined_ids(events))
+
+
+def read_joined(
+    bootstrap: str,
+    topic_prefix: str,
+    events: Iterable[dict[str, Any]],
+    timeout: float = 60.0,
+    settle: float = 2.0,
+) -> list[Read]:
+    """`joined` read until every feedback event's joined record came, then `settle` s more.
+
+    Every record read is returned, repeats included (see `assert_joined_once_by_id`).
+    """
+    return read_topic(
+        bootstrap, topic_prefix + "joined", 0, timeout, settle=settle, until=all_joined(events)
+    )
 
 
 def assert_joined_once_by_id(out: Iterable[Read], events: Iterable[dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert settings.processing_guarantee == "at_least_once"
     assert settings.log_level == "INFO"
     assert settings.flush_timeout == timedelta(seconds=30)
+    assert settings.session_timeout == timedelta(seconds=45)
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -53,6 +54,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "STREAMS_WEB_HOST": "0.0.0.0",
         "STREAMS_LOG_LEVEL": "debug",
         "STREAMS_FLUSH_TIMEOUT": "5s",
+        "STREAMS_SESSION_TIMEOUT": "10s",
     }
 
     settings = Settings.from_env(env)
@@ -84,6 +86,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert settings.web_host == "0.0.0.0"
     assert settings.log_level == "DEBUG"
     assert settings.flush_timeout == timedelta(seconds=5)
+    assert settings.session_timeout == timedelta(seconds=10)
     assert settings.topic("joined") == "prod.joined"
     assert settings.retention_for("chat") == timedelta(days=7)
     assert settings.retention_for("search") == timedelta(days=30)
@@ -301,6 +304,11 @@ BAD_VALUES = [
     ("STREAMS_LOG_LEVEL", "20"),
     ("STREAMS_FLUSH_TIMEOUT", "0s"),
     ("STREAMS_FLUSH_TIMEOUT", "soon"),
+    ("STREAMS_SESSION_TIMEOUT", "5s"),
+    ("STREAMS_SESSION_TIMEOUT", "5999ms"),
+    ("STREAMS_SESSION_TIMEOUT", "31m"),
+    ("STREAMS_SESSION_TIMEOUT", "0s"),
+    ("STREAMS_SESSION_TIMEOUT", "a minute"),
 ]
 
 

@@ -49,7 +49,7 @@ from streams.settings import Settings
 from streams.topics import DEADLETTER, FEEDBACK, FEEDBACK_STATS, JOINED, PREDICTIONS, UNMATCHED
 from streams.worker import feedback_stats
 from streams.worker.checkpoint import Checkpoint
-from streams.worker.consumer import InputConsumer
+from streams.worker.consumer import InputConsumer, faust_group_timing
 from streams.worker.expiry import SWEEP_INTERVAL_SECONDS, Sweeper, WorkerStore
 from streams.worker.metrics import Metrics
 from streams.worker.outbox import DeliveryFailed, Outbox
@@ -81,6 +81,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         **faust_broker_options(settings),
+        **faust_group_timing(settings),
         store="memory://",
         datadir=str(settings.data_dir),
         web_port=settings.web_port,

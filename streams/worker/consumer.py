@@ -9,6 +9,8 @@
 - Nothing is committed automatically: `commit_applied` commits, for each partition, the
   offset after the last record applied, and only when `streams.worker.checkpoint` says so.
 - `isolation.level=read_committed`: an aborted transaction's inputs are never read.
+- `STREAMS_SESSION_TIMEOUT` (`group_timing`) is how long a worker that died without
+  leaving keeps its partitions, in this group and in faust's.
 
 librdkafka prefetches in its own threads; `read` takes what has arrived without waiting
 (`consume(n, timeout=0)`), so the event loop never blocks on it. Rebalance callbacks
@@ -32,6 +34,36 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[Any, list[TopicPartition]], None]
 STATISTICS_INTERVAL_MS = 2000
+# The clients' default heartbeat; shorter only where the session timeout needs it (a third).
+HEARTBEAT_SECONDS = 3.0
+
+
+def heartbeat_seconds(settings: Settings) -> float:
+    """How often both group members of a worker send heartbeats."""
+    return min(HEARTBEAT_SECONDS, settings.session_timeout.total_seconds() / 3)
+
+
+def group_timing(settings: Settings) -> dict[str, int]:
+    """The input consumer's session timeout and heartbeat, in librdkafka's names."""
+    return {
+        "session.timeout.ms": round(settings.session_timeout.total_seconds() * 1000),
+        "heartbeat.interval.ms": round(heartbeat_seconds(settings) * 1000),
+    }
+
+
+def faust_group_timing(settings: Settings) -> dict[str, Any]:
+    """The same for faust's consumer (group `<app id>`), in faust's names.
+
+    A restarted worker starts its reader only once faust's group has settled, so a dead
+    member's session delays it as much. faust refuses a session timeout longer than its
+    request timeout (90 s by default).
+    """
+    session = settings.session_timeout.total_seconds()
+    return {
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": heartbeat_seconds(settings),
+        "broker_request_timeout": max(90.0, session),
+    }
 
 
 def input_group(app_id: str) -> str:
@@ -49,6 +81,7 @@ class InputConsumer:
         self.consumer = Consumer(
             {
                 **librdkafka_config(settings),
+                **group_timing(settings),
                 "group.id": input_group(settings.app_id),
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,

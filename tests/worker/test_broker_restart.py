@@ -30,13 +30,13 @@ from collections.abc import Iterator
 import pytest
 from harness import (
     AFTER_CRASH_TIMEOUT,
+    QUICK_FAILOVER,
     RawProducer,
     Start,
-    all_joined,
     free_port_range,
     kafka_script,
     own_broker_env,
-    read_topic,
+    read_joined,
 )
 from test_chaos import check_joined_and_aggregates, produce_stream
 
@@ -99,12 +99,12 @@ def test_broker_restart_mid_run_loses_nothing_and_counts_exactly(
     """Invariant: the worker outlives a 10 s broker outage in the middle of 2,000 feedback
     and then joins each feedback (exactly once for a read_committed reader with
     exactly_once), and the aggregates count each once."""
-    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee)
+    worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee, **QUICK_FAILOVER)
     assert worker.process is not None
     keys = [f"b{i}" for i in range(2_000)]
     events: list[dict[str, object]] = []
     # The producer queues while the broker is away (librdkafka's message timeout is 300 s).
-    sender = threading.Thread(target=lambda: events.extend(produce_stream(producer, keys, 15.0)))
+    sender = threading.Thread(target=produce_stream, args=(producer, keys, 15.0, events))
     sender.start()
     time.sleep(5.0)  # joining, with transactions open
     own_broker.down()
@@ -122,13 +122,6 @@ def test_broker_restart_mid_run_loses_nothing_and_counts_exactly(
         worker.wait_healthy(timeout=AFTER_CRASH_TIMEOUT)
     sender.join()
     assert len(events) == len(keys), "the producer did not get every record delivered"
-    out = read_topic(
-        bootstrap,
-        topic_prefix + "joined",
-        len(keys),
-        timeout=90.0,
-        settle=2.0,
-        until=all_joined(events),
-    )
+    out = read_joined(bootstrap, topic_prefix, events, timeout=90.0)
     check_joined_and_aggregates(bootstrap, topic_prefix, out, events, guarantee)
     assert worker.process.poll() is None, f"worker exited after the outage:\n{worker.log_tail()}"

@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from harness import (
     AFTER_CRASH_TIMEOUT,
+    QUICK_FAILOVER,
     RawProducer,
     Start,
     feedback,
@@ -43,7 +44,7 @@ def test_a_record_kafka_refuses_stops_the_worker_before_its_input_is_acknowledge
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str
 ) -> None:
     """Invariant: a joined record Kafka would not take is joined after a restart, not lost."""
-    worker = workers()
+    worker = workers(**QUICK_FAILOVER)  # it exits without leaving its groups
     joined = topic_prefix + "joined"
     _set_topic_config(bootstrap, joined, "max.message.bytes", "200")  # smaller than any join
     # Hex of random bytes: lz4 cannot shrink it below the limit.

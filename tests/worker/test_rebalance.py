@@ -15,12 +15,12 @@ from harness import (
     RawProducer,
     Start,
     WorkerProcess,
-    all_joined,
     assert_joined_once_by_id,
     end_offsets,
     feedback,
     metric,
     prediction,
+    read_joined,
     read_topic,
     wait_for,
 )
@@ -94,14 +94,7 @@ def test_rebalance_under_load_loses_nothing_and_never_shares_a_partition(
         assert second.stop() == 0, second.log_tail()
         seconds.append(second)
     sender.join()
-    out = read_topic(
-        bootstrap,
-        topic_prefix + "joined",
-        len(keys),
-        timeout=90,
-        settle=2.0,
-        until=all_joined(events),
-    )
+    out = read_joined(bootstrap, topic_prefix, events, timeout=90)
     assert_joined_once_by_id(out, events)
     assert read_topic(bootstrap, topic_prefix + "unmatched", 1, timeout=2) == []
     intervals = [(w, *i) for w in (first, *seconds) for i in applying_intervals(w)]
@@ -161,9 +154,7 @@ def test_a_restart_reads_only_the_changelog_tail(
     for event in events:
         producer.send("feedback", event)
     producer.flush()
-    out = read_topic(
-        bootstrap, topic_prefix + "joined", len(events), settle=1.0, until=all_joined(events)
-    )
+    out = read_joined(bootstrap, topic_prefix, events, timeout=30, settle=1.0)
     assert_joined_once_by_id(out, events)
 
     def lag_and_batches() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:

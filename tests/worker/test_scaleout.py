@@ -6,12 +6,11 @@ import pytest
 from harness import (
     RawProducer,
     Start,
-    all_joined,
     assert_joined_once_by_id,
     feedback,
     metric,
     prediction,
-    read_topic,
+    read_joined,
     wait_for,
 )
 
@@ -42,12 +41,5 @@ def test_two_workers_share_partitions_and_one_takes_over_the_others_table(
     for event in events:
         producer.send("feedback", event)
     producer.flush()
-    out = read_topic(
-        bootstrap,
-        topic_prefix + "joined",
-        len(events),
-        timeout=40,
-        settle=1.0,
-        until=all_joined(events),
-    )
+    out = read_joined(bootstrap, topic_prefix, events, timeout=40, settle=1.0)
     assert_joined_once_by_id(out, events)
