@@ -127,12 +127,14 @@ def run_once(records: list[Input], workdir: Path) -> float:
     started = time.perf_counter()
     for i, record in enumerate(records, 1):
         processor.process(record)
-        if i % 500 == 0:
+        if i % 500 == 0:  # a batch
             tables.log_changes()
+            processor.flush_metrics()
         if i % COMMIT_EVERY_RECORDS == 0:
             tables.log_changes()
             tables.persist()
     tables.log_changes()
+    processor.flush_metrics()
     tables.persist()
     seconds = time.perf_counter() - started
     tables.close_all()

@@ -12,7 +12,7 @@ import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,19 @@ DEADLETTER_VALUE_LIMIT = 64 * 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    """Epoch seconds as RFC 3339 UTC without the offset: `2026-11-28T01:36:37`."""
+    # Integer arithmetic: a float of epoch seconds loses the millisecond in some years.
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")[:-6]
+
+
 def format_ts(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with milliseconds: `2026-11-28T01:36:37.123Z`."""
-    # Integer arithmetic: a float of epoch seconds loses the millisecond in some years.
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # A joined record writes three of these: the second's text is cached (records and
+    # the clock come in bursts within a second), only the milliseconds are formatted.
+    seconds, millis = divmod(ms, 1000)
+    return f"{_second_text(seconds)}.{millis:03d}Z"
 
 
 def parse_ts(text: str) -> int:
@@ -106,6 +114,13 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     Checks, in order: size, UTF-8, JSON, the `schema` field, the schema, the join key
     against the Kafka key. The returned record is valid `<expected>/v1`.
     """
+    return read_input(expected, key, value, max_bytes)[0]
+
+
+def read_input(
+    expected: str, key: bytes | None, value: bytes | None, max_bytes: int
+) -> tuple[Record, int | None]:
+    """`decode_input`, and the record's `timestamp` in epoch ms (None: it has none)."""
     if value is None:
         raise RecordError("invalid_json", "value: the record has no value (null)")
     if len(value) > max_bytes:
@@ -113,14 +128,16 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
             "oversized", f"value: {len(value)} bytes is over STREAMS_MAX_RECORD_BYTES={max_bytes}"
         )
     try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RecordError("invalid_utf8", f"value: not UTF-8 at byte {error.start}") from None
-    try:
+        # orjson refuses invalid UTF-8 too: the text is checked on its own only to tell
+        # that reason apart, so a valid record is read once.
         record = orjson.loads(value)
     except orjson.JSONDecodeError as error:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise RecordError("invalid_utf8", f"value: not UTF-8 at byte {bad.start}") from None
         raise RecordError("invalid_json", f"value: {error}") from None
-    if not isinstance(record, dict):
+    if type(record) is not dict:
         raise RecordError(
             "schema_violation", f"(record): a JSON object is needed, not {type(record).__name__}"
         )
@@ -134,13 +151,15 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     if join_key is None or join_key == "":
         raise RecordError("missing_join_key", "join_key: missing or empty")
     validate(expected, record)
-    if "timestamp" in record:
+    timestamp = record.get("timestamp")
+    event_ms = None
+    if timestamp is not None:
         # The schema's date-time check lets through what datetime cannot read (23:59:60).
         try:
-            parse_ts(record["timestamp"])
+            event_ms = parse_ts(timestamp)
         except ValueError:
             raise RecordError(
-                "schema_violation", f"timestamp: {record['timestamp']!r} is not a valid date-time"
+                "schema_violation", f"timestamp: {timestamp!r} is not a valid date-time"
             ) from None
     if key is None:
         raise RecordError(
@@ -149,7 +168,7 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     if key != join_key.encode("utf-8"):
         shown = key[:80].decode("utf-8", "replace")
         raise RecordError("key_mismatch", f"key: {shown!r} differs from join_key {join_key[:80]!r}")
-    return record
+    return record, event_ms
 
 
 def text_or_base64(

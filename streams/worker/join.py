@@ -30,6 +30,7 @@ lost if the crash lost it (README, Guarantees).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from streams.records import Record, format_ts
 
 # The namespace of joined ids; never change it, or ids change across versions.
 JOINED_NAMESPACE = uuid.UUID("6f3c1a5e-9a43-4c1b-8d8e-2b7f0c1d4e21")
+_NAMESPACE_BYTES = JOINED_NAMESPACE.bytes
 
 Outcome = Literal["stored", "expired", "joined", "pending", "unmatched", "duplicate"]
 Row = dict[str, Any]
@@ -62,8 +64,18 @@ class Result:
 
 
 def joined_id(application: str, join_key: str, feedback_event_id: str) -> str:
-    """The deterministic id of a joined record: the same on every run and every worker."""
-    return str(uuid.uuid5(JOINED_NAMESPACE, f"{application}\x00{join_key}\x00{feedback_event_id}"))
+    """The deterministic id of a joined record: the same on every run and every worker.
+
+    The UUID version 5 (RFC 4122) in `JOINED_NAMESPACE` of the three joined by NUL
+    characters, as `uuid.uuid5` makes it, without building a `UUID` object (which was
+    a fifth of the work of one joined record).
+    """
+    name = f"{application}\x00{join_key}\x00{feedback_event_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_row(application: str, join_key: str) -> Row:
