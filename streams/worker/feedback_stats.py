@@ -119,6 +119,16 @@ def merge(raw: bytes | None, delta: Totals, src: str) -> bytes:
     return orjson.dumps([*totals, src])
 
 
+def merge_once(raw: bytes | None, delta: Totals, src: str) -> bytes | None:
+    """`merge(raw, delta, src)`, or None when the input at `src` already moved the share."""
+    if raw is None:
+        return orjson.dumps([*delta, src])
+    stored = orjson.loads(raw)
+    if stored[-1] == src:
+        return None
+    return orjson.dumps([*[a + b for a, b in zip(stored[:5], delta, strict=True)], src])
+
+
 def published_key(stored_key: bytes, partition: int) -> bytes:
     """The `feedback-stats` key of a share: [application, version, field, minute, partition]."""
     application, version, field, minute = _fields(stored_key)

@@ -93,12 +93,15 @@ def new_row(application: str, join_key: str) -> Row:
 
 def next_due(row: Row, expired_memory_ms: int) -> int | None:
     """The earliest time at which `expire_due` has something to do for this row."""
+    pred = row["pred"]
+    if not row["pend"] and row["gone"] is None and "done" not in row and "prior" not in row:
+        return None if pred is None else pred["exp"]  # the usual row: its prediction's expiry
     times = [entry["due"] for entry in row["pend"]]
     times.extend(entry[1] for entry in row.get("done", {}).values())
     if "prior" in row:
         times.append(row["prior"]["until"])
-    if row["pred"] is not None:
-        times.append(row["pred"]["exp"])
+    if pred is not None:
+        times.append(pred["exp"])
     if row["gone"] is not None:
         times.append(row["gone"] + expired_memory_ms)
     return min(times) if times else None

@@ -203,6 +203,9 @@ class Processor:
         kafka_ts: int,
     ) -> list[Outgoing]:
         tables = self.tables.partition(partition)
+        # Until this input is through (an error on the way dead-letters it), the next one
+        # settles the journal: this input's may be cut short.
+        settled, tables.journal_settled = tables.journal_settled, False
         result, waiting_before, moved = apply_input(
             tables.state,
             tables.due,
@@ -214,6 +217,7 @@ class Processor:
             retention_ms=self.retention_ms_of.get(record["application"], self.retention_ms),
             pending_ttl_ms=self.pending_ttl_ms,
             expired_memory_ms=self.expired_memory_ms,
+            journal_settled=settled,
         )
         emits = result.emits
         out = [Outgoing(emit.topic, key, dumps(emit.record)) for emit in emits]
@@ -246,6 +250,7 @@ class Processor:
             unpublished = self.stats_unpublished
             for share, stored in moved.items():
                 unpublished[(partition, share)] = stored
+        tables.journal_settled = True
         return out
 
     def _deadletter(

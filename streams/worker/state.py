@@ -140,6 +140,9 @@ def _journaled_prefix(src: str) -> bytes:
 
 def _journaled(row: join.Row, src: str) -> join.Row:
     """The row with `JOURNALED` = src as its first field (see `_journal`)."""
+    if next(iter(row), None) == JOURNALED:
+        row[JOURNALED] = src  # already first: a new value keeps its place
+        return row
     return {JOURNALED: src, **{k: v for k, v in row.items() if k != JOURNALED}}
 
 
@@ -205,14 +208,19 @@ def apply_input(
     retention_ms: int,
     pending_ttl_ms: int,
     expired_memory_ms: int,
+    journal_settled: bool = False,
 ) -> tuple[join.Result, int, Moved]:
     """Apply one valid input to its stored row: read, run the rule, write row, index, aggregates.
 
     Returns the rule's result, how much feedback was waiting before it ran, and the
     aggregates it moved (for a replay: every aggregate the row ever counted in, as they
     are, so that they are published again).
+
+    `journal_settled`: the caller knows that every input applied to `state` since it
+    was opened went through whole, and that the journal was settled before the first:
+    only an input cut short leaves a journal to settle, so there is none to look at.
     """
-    undone = settle_journal(state)
+    undone = {} if journal_settled else settle_journal(state)
     application = record["application"]
     key = row_key(application, record["join_key"])
     row = decode_row(state.get(key))
@@ -264,8 +272,9 @@ def apply_input(
             after = _journaled(after, src)
         for share, delta in moves.items():
             stored = state.get(share)
-            if feedback_stats.moved_by(stored) != src:
-                stored = state[share] = feedback_stats.merge(stored, delta, src)
+            merged = feedback_stats.merge_once(stored, delta, src)
+            if merged is not None:
+                stored = state[share] = merged
             # Already moved by this input before a crash cut its writes short: not moved
             # again, but published again (what it published may not have left).
             moved[share] = stored

@@ -300,3 +300,20 @@ def test_published_records_match_the_schema_and_key(
         raw, [-(true + false + numbers + 1), -true, -false, -numbers, -total], "f0:2"
     )
     assert feedback_stats.stats_value(stored, emptied, partition, T0) is None
+
+
+TOTALS = st.lists(st.integers(-5, 5), min_size=5, max_size=5)
+
+
+@given(st.one_of(st.none(), st.tuples(TOTALS, st.sampled_from(["f0:1", "f0:2"]))), TOTALS)
+def test_merge_once_moves_a_share_once_per_input(
+    stored: tuple[list[int], str] | None, delta: list[int]
+) -> None:
+    raw = None if stored is None else orjson.dumps([*stored[0], stored[1]])
+
+    merged = feedback_stats.merge_once(raw, delta, "f0:1")
+
+    if feedback_stats.moved_by(raw) == "f0:1":
+        assert merged is None
+    else:
+        assert merged == feedback_stats.merge(raw, delta, "f0:1")

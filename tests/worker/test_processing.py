@@ -1,0 +1,171 @@
+"""The per-input path (`Processor`) on real table partitions, without a broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+
+from streams.clock import ManualClock
+from streams.records import format_ts
+from streams.settings import Settings
+from streams.worker import feedback_stats, state
+from streams.worker.metrics import Metrics
+from streams.worker.outbox import Outbox
+from streams.worker.processing import Outgoing, Processor, partition_for
+from streams.worker.tables import Tables
+
+pytestmark = pytest.mark.unit
+
+APP = "loans"
+T0 = 1_800_000_000_000
+KINDS = {"predictions": "predictions", "feedback": "feedback"}
+
+
+class Message:
+    """An input record with confluent-kafka's accessors."""
+
+    def __init__(self, topic: str, record: dict[str, Any], offset: int) -> None:
+        self._topic, self._offset = topic, offset
+        self._key = record["join_key"].encode()
+        self._value = orjson.dumps(record)
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return partition_for(self._key, 1)
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, T0)
+
+
+class NoKafka:
+    """Where the tables hand their changelog records: nowhere (they are not under test)."""
+
+    def __init__(self) -> None:
+        self.changelogs: set[str] = set()
+        self.delivered: dict[tuple[str, int], int] = {}
+
+    def send(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def processor(tmp_path: Path) -> Iterator[Processor]:
+    settings = replace(Settings.from_env({}), partitions=1, data_dir=tmp_path)
+    tables = Tables(tmp_path, "test", cast(Outbox, NoKafka()))
+    tables.open(0)
+    yield Processor(settings, ManualClock(T0), Metrics(), tables, KINDS)
+    tables.discard()
+    tables.close_all()
+
+
+def prediction(key: str) -> dict[str, Any]:
+    return {
+        "schema": "prediction/v1",
+        "application": APP,
+        "join_key": key,
+        "event_id": f"p-{key}",
+        "timestamp": format_ts(T0),
+        "version": "3",
+        "inputs": {"x": 1},
+        "outputs": {"y": 2},
+    }
+
+
+def feedback(key: str, event_id: str, thumbs_up: bool) -> dict[str, Any]:
+    return {
+        "schema": "feedback/v1",
+        "application": APP,
+        "join_key": key,
+        "event_id": event_id,
+        "timestamp": format_ts(T0),
+        "feedback": {"thumbs_up": thumbs_up},
+    }
+
+
+class Feeder:
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.offsets = {"predictions": 0, "feedback": 0}
+
+    def __call__(self, topic: str, record: dict[str, Any]) -> list[Outgoing]:
+        self.offsets[topic] += 1
+        return self.processor.process(Message(topic, record, self.offsets[topic]))
+
+
+def thumbs_up_share(processor: Processor) -> list[Any]:
+    key = feedback_stats.stats_key(APP, "3", "thumbs_up", T0 // 60_000 * 60_000)
+    return feedback_stats.decode_totals(processor.tables.partition(0).state.get(key))
+
+
+def test_an_input_that_fails_midway_is_undone_before_the_next(
+    processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: an input dead-lettered after it moved the aggregates but before its row
+    was written counts nowhere; the next input settles the journal first."""
+    feed = Feeder(processor)
+    for key in ("a", "b", "c"):
+        feed("predictions", prediction(key))
+    assert [o.topic for o in feed("feedback", feedback("a", "f1", True))] == ["joined"]
+    assert thumbs_up_share(processor)[:3] == [1, 1, 0]
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state, "write_row", broken)  # after the journal and the shares
+        [failed] = feed("feedback", feedback("b", "f2", True))
+    assert failed.topic == "deadletter"
+    assert orjson.loads(failed.value)["reason"] == "processing_error"
+    assert thumbs_up_share(processor)[:3] == [2, 2, 0]  # moved, not yet undone
+
+    assert [o.topic for o in feed("feedback", feedback("c", "f3", False))] == ["joined"]
+    assert thumbs_up_share(processor)[:3] == [2, 1, 1]  # f2's move undone, f3's made
+
+
+def sampled(processor: Processor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in processor.metrics.registry.collect()
+        for s in m.samples
+    }
+
+
+def test_metrics_add_up_once_flushed(processor: Processor) -> None:
+    """Invariant: every input counts once in records_in and once in an outcome, per batch."""
+    feed = Feeder(processor)
+    feed("predictions", prediction("a"))
+    feed("predictions", prediction("a"))  # a retry
+    feed("feedback", feedback("a", "f1", True))
+    feed("feedback", feedback("nobody", "f2", True))  # waits
+    feed("feedback", {"schema": "feedback/v1", "join_key": "a"})  # dead letter
+    assert sampled(processor)[("streams_records_in_total", (("topic", "feedback"),))] == 0
+
+    processor.flush_metrics()
+    processor.flush_metrics()  # nothing twice
+    samples = sampled(processor)
+
+    def outcome(topic: str, name: str) -> float:
+        return samples[("streams_outcomes_total", (("outcome", name), ("topic", topic)))]
+
+    assert samples[("streams_records_in_total", (("topic", "predictions"),))] == 2
+    assert samples[("streams_records_in_total", (("topic", "feedback"),))] == 3
+    assert (outcome("predictions", "stored"), outcome("predictions", "duplicate")) == (1, 1)
+    assert [outcome("feedback", o) for o in ("joined", "pending", "deadletter")] == [1, 1, 1]
+    assert samples[("streams_joined_total", (("trigger", "feedback"),))] == 1
+    assert samples[("streams_join_latency_seconds_count", ())] == 1
