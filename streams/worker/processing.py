@@ -59,10 +59,11 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = 0x9747B28C ^ length
     words = length >> 2
+    m, mask = _M, _MASK
     for k in _words(words).unpack_from(data):
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+        k = (k * m) & mask
+        # (h * m) ^ ((k ^ k >> 24) * m), both taken mod 2**32 at once
+        h = ((h * m) ^ ((k ^ (k >> 24)) * m)) & mask
     extra = length & 3
     if extra:
         base = words << 2
