@@ -222,6 +222,46 @@ def from_base64(text: str) -> bytes:
         raise ValueError(f"not base64: {error}") from None
 
 
+class RawJson:
+    """JSON text kept as the bytes it was written as, and written into records as is.
+
+    A stored prediction's inputs and outputs are only stored and copied into joined
+    records: kept as bytes, they are neither parsed when the row is read nor written
+    again when it is (`streams.worker.state`); `fragment` splices them into a record
+    unchanged (`dumps`), so a record holding them is the same JSON as one holding
+    the parsed values.
+    """
+
+    __slots__ = ("fragment", "text")
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self.fragment = orjson.Fragment(text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJson) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"RawJson({self.text!r})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RawJson:
+        return self  # immutable
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    if type(value) is RawJson:
+        return value.fragment
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def spliced(value: Any) -> Any:
+    """`value` to put in a record: a `RawJson`'s fragment, else itself."""
+    return value.fragment if type(value) is RawJson else value
+
+
 def dumps(record: Record) -> bytes:
-    """Serialize a record the one way this project writes JSON."""
-    return orjson.dumps(record)
+    """Serialize a record the one way this project writes JSON (`RawJson` spliced in as is)."""
+    return orjson.dumps(record, default=_fragment)

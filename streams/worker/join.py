@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.records import Record, format_ts
+from streams.records import Record, format_ts, spliced
 
 # The namespace of joined ids; never change it, or ids change across versions.
 JOINED_NAMESPACE = uuid.UUID("6f3c1a5e-9a43-4c1b-8d8e-2b7f0c1d4e21")
@@ -126,8 +126,8 @@ def joined_record(row: Row, index: int, now_ms: int) -> Record:
         "application": row["app"],
         "join_key": row["key"],
         "version": pred["version"],
-        "inputs": pred["inputs"],
-        "outputs": pred["outputs"],
+        "inputs": spliced(pred["inputs"]),
+        "outputs": spliced(pred["outputs"]),
         "tags": pred["tags"],
         "prediction_event_id": pred["id"],
         "feedback_event_id": entry["id"],

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from streams.records import Record
+from streams.records import RawJson, Record, dumps
 from streams.worker import feedback_stats, join
 from streams.worker.join import Row
 
@@ -47,16 +47,42 @@ def row_key(application: str, join_key: str) -> bytes:
     return struct.pack(">H", len(app)) + app + join_key.encode("utf-8")
 
 
+# A row with a prediction is stored as three lines: the row without the prediction's
+# inputs and outputs (JSON), then the inputs, then the outputs (each JSON, never
+# parsed again: `RawJson`). orjson never writes a raw newline, so the lines split
+# cleanly; a row stored as one JSON object (no prediction, or an older worker's) reads too.
+
+
 def encode_row(row: Row) -> bytes:
     """A row as stored."""
-    return orjson.dumps(row)
+    pred = row["pred"]
+    if pred is None:
+        return dumps(row)
+    head = pred.copy()
+    inputs, outputs = head.pop("inputs"), head.pop("outputs")
+    top = row.copy()
+    top["pred"] = head
+    return b"\n".join(
+        (
+            dumps(top),
+            inputs.text if type(inputs) is RawJson else orjson.dumps(inputs),
+            outputs.text if type(outputs) is RawJson else orjson.dumps(outputs),
+        )
+    )
 
 
 def decode_row(raw: bytes | None) -> Row | None:
-    """A stored row, or None."""
+    """A stored row, or None; a prediction's inputs and outputs come as `RawJson`."""
     if raw is None:
         return None
-    row: Row = orjson.loads(raw)
+    end = raw.find(b"\n")
+    if end < 0:
+        row: Row = orjson.loads(raw)
+        return row
+    row = orjson.loads(memoryview(raw)[:end])
+    middle = raw.index(b"\n", end + 1)
+    pred = row["pred"]
+    pred["inputs"], pred["outputs"] = RawJson(raw[end + 1 : middle]), RawJson(raw[middle + 1 :])
     return row
 
 

@@ -15,7 +15,7 @@ from test_join import APP, DAY, KEY, MEMORY, RETENTION, T0, TTL, Input, interlea
 
 from streams.worker import feedback_stats
 from streams.worker.feedback_stats import MINUTE_MS, SHARE_PREFIX
-from streams.worker.state import JOURNAL_KEY, PENDING_KEY, Moved, apply_input
+from streams.worker.state import JOURNAL_KEY, PENDING_KEY, Moved, apply_input, decode_row
 
 pytestmark = pytest.mark.unit
 
@@ -139,9 +139,7 @@ def counted_by_rows(tables: Tables) -> dict[tuple[Any, ...], list[Any]]:
     """The aggregates recomputed from scratch: each stored row's merged feedback."""
     sums: dict[tuple[Any, ...], list[Any]] = {}
     for raw in tables.rows():
-        for (version, name, minute), value in feedback_stats.contribution(
-            orjson.loads(raw)
-        ).items():
+        for (version, name, minute), value in feedback_stats.contribution(decode_row(raw)).items():
             current = sums.setdefault((APP, version, name, minute), [0, 0, 0, 0, 0])
             for i, amount in enumerate(feedback_stats.counts(value)):
                 current[i] += amount

@@ -7,11 +7,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.records import validate
+from streams.records import dumps, validate
 from streams.worker import join
 from streams.worker.state import apply_input, row_key
 
@@ -56,7 +57,8 @@ def feedback(event_id: str, fields: dict[str, Any], application: str = APP) -> d
 
 
 def joined(result: join.Result) -> list[dict[str, Any]]:
-    records = [e.record for e in result.emits if e.topic == "joined"]
+    """The joined records emitted, as written to the topic."""
+    records = [orjson.loads(dumps(e.record)) for e in result.emits if e.topic == "joined"]
     for record in records:
         validate("joined", record)
     return records

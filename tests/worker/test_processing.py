@@ -13,7 +13,7 @@ import pytest
 from streams.clock import ManualClock
 from streams.records import format_ts
 from streams.settings import Settings
-from streams.worker import feedback_stats, state
+from streams.worker import feedback_stats, join, state
 from streams.worker.metrics import Metrics
 from streams.worker.outbox import Outbox
 from streams.worker.processing import Outgoing, Processor, partition_for
@@ -169,3 +169,20 @@ def test_metrics_add_up_once_flushed(processor: Processor) -> None:
     assert [outcome("feedback", o) for o in ("joined", "pending", "deadletter")] == [1, 1, 1]
     assert samples[("streams_joined_total", (("trigger", "feedback"),))] == 1
     assert samples[("streams_join_latency_seconds_count", ())] == 1
+
+
+def test_a_joined_record_from_a_stored_row_is_the_json_of_the_parsed_one(
+    processor: Processor,
+) -> None:
+    """The stored prediction's inputs and outputs are spliced in as stored (`RawJson`):
+    the record is byte for byte the one built from the parsed prediction."""
+    pred = {**prediction("a"), "inputs": {"x": [0.1, 2e-7, "é"]}, "tags": {"t": "1"}}
+    fb = feedback("a", "f1", True)
+    feed = Feeder(processor)
+    feed("predictions", pred)
+    [sent] = feed("feedback", fb)
+
+    stored = join.on_prediction(None, pred, T0, "p0:1", T0, 90 * 86_400_000)
+    [emit] = join.on_feedback(stored.row, fb, T0, "f0:1", T0, 86_400_000).emits
+    assert isinstance(emit.record["inputs"], dict)
+    assert sent.value == orjson.dumps(emit.record)
