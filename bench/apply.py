@@ -84,6 +84,11 @@ class CountingOutbox:
         self.sent += 1
         self.delivered[(topic, 0)] = self.sent
 
+    def send_many(self, topic: str, partition: int, records: list[Any]) -> None:
+        """Count changelog records."""
+        self.sent += len(records)
+        self.delivered[(topic, partition)] = self.sent
+
 
 def workload(n: int) -> list[Input]:
     """N predictions, then N feedback on them."""

@@ -136,9 +136,7 @@ class TablePartition:
         """Hand the changelog records of the writes since the last call to the outbox."""
         if not self.unlogged:
             return
-        send, topic, partition = self.outbox.send, self.topic, self.partition
-        for key, value in self.unlogged:
-            send(topic, key, value, partition)
+        self.outbox.send_many(self.topic, self.partition, self.unlogged)
         self.unlogged = []
 
     @property

@@ -60,7 +60,7 @@ class NoKafka:
         self.changelogs: set[str] = set()
         self.delivered: dict[tuple[str, int], int] = {}
 
-    def send(self, *args: Any) -> None:
+    def send_many(self, *args: Any) -> None:
         return None
 
 
