@@ -29,6 +29,7 @@ the next write after a restart undo what an input cut short had moved
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -66,6 +67,7 @@ def counts(value: Any) -> Totals:
     return [1, 0, 0, 0, 0]
 
 
+@lru_cache(maxsize=4096, typed=True)  # typed: version 1, 1.0 and "1" are three aggregates
 def stats_key(application: str, version: Any, field: str, minute_ms: int) -> bytes:
     """The `state` table key of one partition's share of an aggregate."""
     return SHARE_PREFIX + orjson.dumps([application, version, field, minute_ms])

@@ -10,6 +10,7 @@ row is stale and is simply dropped by the sweep.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
@@ -43,8 +44,13 @@ class Writable(Protocol):
 
 def row_key(application: str, join_key: str) -> bytes:
     """The state-table key: length-prefixed application, then the join key (both UTF-8)."""
+    return _application_prefix(application) + join_key.encode("utf-8")
+
+
+@lru_cache(maxsize=1024)
+def _application_prefix(application: str) -> bytes:
     app = application.encode("utf-8")
-    return struct.pack(">H", len(app)) + app + join_key.encode("utf-8")
+    return struct.pack(">H", len(app)) + app
 
 
 # A row with a prediction is stored as three lines: the row without the prediction's
@@ -166,7 +172,9 @@ def _journaled_prefix(src: str) -> bytes:
 
 def _journaled(row: join.Row, src: str) -> join.Row:
     """The row with `JOURNALED` = src as its first field (see `_journal`)."""
-    if next(iter(row), None) == JOURNALED:
+    if JOURNALED not in row:
+        return {JOURNALED: src, **row}
+    if next(iter(row)) == JOURNALED:
         row[JOURNALED] = src  # already first: a new value keeps its place
         return row
     return {JOURNALED: src, **{k: v for k, v in row.items() if k != JOURNALED}}

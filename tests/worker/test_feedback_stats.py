@@ -315,3 +315,10 @@ def test_merge_once_moves_a_share_once_per_input(
         assert merged is None
     else:
         assert merged == feedback_stats.merge(raw, delta, "f0:1")
+
+
+def test_versions_equal_in_python_but_not_in_json_are_distinct_aggregates() -> None:
+    keys = {feedback_stats.stats_key(APP, version, "f", 0) for version in (1, 1.0, "1", None)}
+
+    assert len(keys) == 4
+    assert feedback_stats.stats_key(APP, 1.0, "f", 0).endswith(b',1.0,"f",0]')
