@@ -33,6 +33,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+import streams
 from bench import peers
 from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
@@ -138,6 +139,10 @@ class Contender:
             command = peers.COMMANDS[name]()
         elif script.exists():
             command = [str(script), "worker"]
+            # The console script imports `streams` from wherever it was installed (an
+            # editable install points at one checkout): the worker measured is the code
+            # this benchmark imports, whichever checkout or worktree runs it.
+            env = {**env, "PYTHONPATH": str(Path(streams.__file__).resolve().parent.parent)}
         else:
             command = [*PYTHON_M, "streams.cli", "worker"]
         settings = Settings.from_env(env)
