@@ -243,6 +243,7 @@ def apply_input(
     pending_ttl_ms: int,
     expired_memory_ms: int,
     journal_settled: bool = False,
+    stored_row: tuple[bytes, bytes | None] | None = None,
 ) -> tuple[join.Result, int, Moved]:
     """Apply one valid input to its stored row: read, run the rule, write row, index, aggregates.
 
@@ -253,11 +254,17 @@ def apply_input(
     `journal_settled`: the caller knows that every input applied to `state` since it
     was opened went through whole, and that the journal was settled before the first:
     only an input cut short leaves a journal to settle, so there is none to look at.
+    `stored_row`: the row's key and stored value, when the caller has read them already
+    (settling the journal never writes a row).
     """
     undone = {} if journal_settled else settle_journal(state)
     application = record["application"]
-    key = row_key(application, record["join_key"])
-    row = decode_row(state.get(key))
+    if stored_row is None:
+        key = row_key(application, record["join_key"])
+        row = decode_row(state.get(key))
+    else:
+        key, raw = stored_row
+        row = decode_row(raw)
     # The rules update the row in place: note what it was before them.
     old_due = join.next_due(row, expired_memory_ms) if row else None
     waiting = len(row["pend"]) if row else 0

@@ -29,10 +29,13 @@ KINDS = {"predictions": "predictions", "feedback": "feedback"}
 class Message:
     """An input record with confluent-kafka's accessors."""
 
-    def __init__(self, topic: str, record: dict[str, Any], offset: int) -> None:
+    def __init__(
+        self, topic: str, record: dict[str, Any], offset: int, partition: int | None = None
+    ) -> None:
         self._topic, self._offset = topic, offset
         self._key = record["join_key"].encode()
         self._value = orjson.dumps(record)
+        self._partition = partition_for(self._key, 1) if partition is None else partition
 
     def topic(self) -> str:
         return self._topic
@@ -44,7 +47,7 @@ class Message:
         return self._value
 
     def partition(self) -> int:
-        return partition_for(self._key, 1)
+        return self._partition
 
     def offset(self) -> int:
         return self._offset
@@ -186,3 +189,31 @@ def test_a_joined_record_from_a_stored_row_is_the_json_of_the_parsed_one(
     [emit] = join.on_feedback(stored.row, fb, T0, "f0:1", T0, 86_400_000).emits
     assert isinstance(emit.record["inputs"], dict)
     assert sent.value == orjson.dumps(emit.record)
+
+
+def test_a_misplaced_record_is_sent_on_and_a_placed_one_applied(tmp_path: Path) -> None:
+    """A record on a partition its key does not hash to is rerouted, whether or not its
+    key has a row where it hashes; nothing of it is applied where it was read."""
+    settings = replace(Settings.from_env({}), partitions=2, data_dir=tmp_path)
+    tables = Tables(tmp_path, "test", cast(Outbox, NoKafka()))
+    home = partition_for(b"a", 2)
+    for partition in (0, 1):
+        tables.open(partition)
+    processor = Processor(settings, ManualClock(T0), Metrics(), tables, KINDS)
+    try:
+        placed = processor.process(Message("predictions", prediction("a"), 1, home))
+        elsewhere = Message("feedback", feedback("a", "f1", True), 1, 1 - home)
+        [sent_on] = processor.process(elsewhere)
+        [joined] = processor.process(Message("feedback", feedback("a", "f1", True), 2, home))
+    finally:
+        tables.discard()
+        tables.close_all()
+    assert placed == []
+    assert (sent_on.topic, sent_on.partition, sent_on.value) == (
+        "feedback",
+        home,
+        elsewhere.value(),
+    )
+    assert sent_on.headers == [("streams-rerouted-from", f"feedback/{1 - home}/1".encode())]
+    assert joined.topic == "joined"
+    assert processor.outcomes[("feedback", "rerouted")] == 1
