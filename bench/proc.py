@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+import streams
 from bench import peers
 from streams.kafka_config import librdkafka_config
 from streams.settings import Settings
@@ -138,6 +140,10 @@ class Contender:
             command = peers.COMMANDS[name]()
         elif script.exists():
             command = [str(script), "worker"]
+            # The console script imports `streams` from wherever it was installed (an
+            # editable install points at one checkout): the worker measured is the code
+            # this benchmark imports, whichever checkout or worktree runs it.
+            env = {**env, "PYTHONPATH": str(Path(streams.__file__).resolve().parent.parent)}
         else:
             command = [*PYTHON_M, "streams.cli", "worker"]
         settings = Settings.from_env(env)
@@ -254,21 +260,31 @@ def input_drained(settings: Settings) -> bool:
         consumer.close()
 
 
+# The worker's log line when it applies its first input record (faust's format, or the
+# command line's), with its local time to the ms.
+FIRST_INPUT_LINE = re.compile(
+    r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]?.*\bfirst_input topic=", re.M
+)
+
+
 class FirstRead(threading.Thread):
     """When a contender read its first input record, in epoch ms.
 
     Contenders other than the worker write it to `STREAMS_DATA_DIR/first-read-ms`. The
-    worker (not ours to change here) is watched from outside: `/metrics` every 10 ms
-    until `streams_records_in_total` is above zero; a first-read-ms file it writes wins.
-    The first read is stamped when that request was sent, not when it was answered: a
-    worker applying batches answers only between them, and a small preload can be all
-    joined before the answer comes (a first read after the last join: no rate at all).
+    worker is watched from outside: the time of its `first_input` log line, written as
+    it applies the first record it read. Its `/metrics` alone are no good for this:
+    they are served between batches, so `streams_records_in_total` shows the first read
+    only after a batch or more, and a small run can be drained by then. `/metrics` is
+    polled as the fallback if no such line shows (stamped when asked, not when answered);
+    a first-read-ms file wins.
     """
 
     def __init__(self, contender: Contender) -> None:
         super().__init__(name=f"first-read-{contender.name}", daemon=True)
         self.path = contender.settings.data_dir / FIRST_READ_FILE
         self.port = contender.settings.web_port
+        self.log_path = contender.log_path
+        self.log_start = contender.log_path.stat().st_size if contender.log_path.exists() else 0
         self.watch = contender.name == "worker"
         self.seen_ms = math.nan
         self.stopped = threading.Event()
@@ -281,16 +297,33 @@ class FirstRead(threading.Thread):
                 self.seen_ms = asked_ms
                 return
 
+    def first_input_in_log(self) -> float | None:
+        """The epoch ms of the worker's first-input line of this start, if it is there."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                text = log.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        found = FIRST_INPUT_LINE.search(text)
+        if found is None:
+            return None
+        local = time.mktime(time.strptime(found[1], "%Y-%m-%d %H:%M:%S"))
+        return local * 1000 + int(found[2])
+
     def stop(self) -> None:
         """Stop watching."""
         self.stopped.set()
 
     def ms(self) -> float:
-        """The first read's epoch ms, or NaN if unknown."""
+        """The first read's epoch ms, or NaN if unknown (ask once the contender is done)."""
         try:
             return float(self.path.read_text())
         except (FileNotFoundError, ValueError):
-            return self.seen_ms
+            pass
+        # The log may reach the file late (buffered): its time is when the line was made.
+        logged = self.first_input_in_log() if self.watch else None
+        return self.seen_ms if logged is None else min(logged, self.seen_ms)
 
 
 @dataclass

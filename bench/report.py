@@ -117,6 +117,10 @@ def summarize(runs: list[dict[str, Any]], contenders: list[str]) -> dict[str, An
             name: _median([run[name]["throughput"]["duplicates"] for run in runs])
             for name in contenders
         },
+        "apply": {
+            figure: _median([run["apply"][figure] for run in runs])
+            for figure in ("inputs_per_s", "joined_per_s", "cpu_s_per_1000")
+        },
         "ceiling_joined_per_s": ceiling,
         "ceiling_to_lean": ceiling_to_lean,
         "counts_complete": complete and all(run["ceiling"]["complete"] for run in runs),
@@ -183,6 +187,10 @@ def table(summary: dict[str, Any], runs: int, skipped: dict[str, str]) -> str:
         "joined/s: distinct expected joined records over the time from the contender's first "
         "input read to its last joined record; complete: those of the expected ones",
         f"sdk log (1 KB records, batches of 500): {summary['sdk_log_per_s']:,.0f} records/s",
+        "per-input path without Kafka (bench.apply: decode, rules, table writes, n predictions "
+        f"and their feedback): {summary['apply']['inputs_per_s']:,.0f} inputs/s, "
+        f"{summary['apply']['joined_per_s']:,.0f} joined/s, "
+        f"{summary['apply']['cpu_s_per_1000']:.3f} CPU s/1k joins",
         "ceiling: faust reading the same inputs with an agent that does nothing (same app "
         "settings, one event at a time), in joined records at this workload's mix",
     ]

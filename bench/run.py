@@ -5,11 +5,12 @@ the project's worker (`streams worker`, as a user runs it), the lean durable loo
 (`bench/lean_loop.py`, the reference), Kafka Streams (`bench/kstreams/`) and Quix
 Streams (`bench/quix/`), and the baseline (`bench.baseline`, the project's rules on a
 plain loop, a diagnostic row): throughput on preloaded topics, restart, and latency at a
-fixed rate (by default half of the worker's rate in the first run); then faust's ceiling
-and the SDK's log throughput. The order of contenders rotates from run to run. Every
-contender gets its own topics (4 partitions by default), consumer group and data
-directory, deleted afterwards. The peers are built on demand (`bench.peers`); one whose
-build fails is skipped, and the table says why.
+fixed rate (by default half of the worker's rate in the first run); then faust's ceiling,
+the worker's per-input path without Kafka (`bench.apply`) and the SDK's log throughput.
+The order of contenders rotates from run to run. Every contender gets its own topics
+(4 partitions by default), consumer group and data directory, deleted afterwards. The
+peers are built on demand (`bench.peers`); one whose build fails is skipped, and the
+table says why.
 
 Prints a table (medians over the runs; ratios are the medians of each run's ratio, see
 `bench.report`) and writes everything as JSON to `bench-results/<timestamp>.json`.
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench import peers, report, scale
+from bench import apply, peers, report, scale
 from bench.modes import ceiling, latency, throughput
 from bench.peers import PeerUnavailable
 from bench.proc import Contender, bench_env, cleanup
@@ -126,6 +127,9 @@ def one_run(
     run["rate"] = rate
     for name in order:
         measure(name, "latency")
+    # The worker's per-input path on its own (decode, rules, table writes; no Kafka).
+    run["apply"] = apply.measure(args.n, where=workdir)
+    log.info("run=%d apply=%s", index + 1, run["apply"])
     sdk = Settings.from_env(bench_env("sdk", args.bootstrap, args.partitions, workdir, tag))
     try:
         run["sdk_log_per_s"] = log_throughput(sdk, args.sdk_n, 500)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import fastjsonschema
 import orjson
 
 from streams.errors import RecordError
+from streams.plain import PLAIN_CHECKED, PLAIN_CHECKS, never, plain_ts
 
 Record = dict[str, Any]
 SCHEMA_NAMES = (
@@ -39,11 +41,19 @@ DEADLETTER_VALUE_LIMIT = 64 * 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    """Epoch seconds as RFC 3339 UTC without the offset: `2026-11-28T01:36:37`."""
+    # Integer arithmetic: a float of epoch seconds loses the millisecond in some years.
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds")[:-6]
+
+
 def format_ts(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with milliseconds: `2026-11-28T01:36:37.123Z`."""
-    # Integer arithmetic: a float of epoch seconds loses the millisecond in some years.
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # A joined record writes three of these: the second's text is cached (records and
+    # the clock come in bursts within a second), only the milliseconds are formatted.
+    seconds, millis = divmod(ms, 1000)
+    return f"{_second_text(seconds)}.{millis:03d}Z"
 
 
 def parse_ts(text: str) -> int:
@@ -100,11 +110,36 @@ def validate(name: str, record: Record) -> None:
         raise RecordError("schema_violation", f"{field}: {error.message}") from None
 
 
+def schema_hash(name: str) -> str:
+    """A hash of the contents of `<name>/v1` (key order and layout aside)."""
+    return hashlib.sha256(orjson.dumps(load_schema(name), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@cache
+def plain_check(name: str) -> Callable[[Record], bool]:
+    """`streams.plain`'s check of `<name>/v1`, or one that passes nothing if the schema changed."""
+    check = PLAIN_CHECKS.get(name)
+    return check if check is not None and PLAIN_CHECKED.get(name) == schema_hash(name) else never
+
+
+_ABSENT = object()
+
+
 def decode_input(expected: str, key: bytes | None, value: bytes | None, max_bytes: int) -> Record:
     """Decode one `predictions` or `feedback` record, or raise `RecordError` with its reason.
 
     Checks, in order: size, UTF-8, JSON, the `schema` field, the schema, the join key
     against the Kafka key. The returned record is valid `<expected>/v1`.
+    """
+    return read_input(expected, key, value, max_bytes)[0]
+
+
+def read_input(
+    expected: str, key: bytes | None, value: bytes | None, max_bytes: int, *, plain: bool = True
+) -> tuple[Record, int | None]:
+    """`decode_input`, and the record's `timestamp` in epoch ms (None: it has none).
+
+    `plain=False`: the compiled validator checks every record (the verdict is the same).
     """
     if value is None:
         raise RecordError("invalid_json", "value: the record has no value (null)")
@@ -113,14 +148,16 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
             "oversized", f"value: {len(value)} bytes is over STREAMS_MAX_RECORD_BYTES={max_bytes}"
         )
     try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RecordError("invalid_utf8", f"value: not UTF-8 at byte {error.start}") from None
-    try:
+        # orjson refuses invalid UTF-8 too: the text is checked on its own only to tell
+        # that reason apart, so a valid record is read once.
         record = orjson.loads(value)
     except orjson.JSONDecodeError as error:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise RecordError("invalid_utf8", f"value: not UTF-8 at byte {bad.start}") from None
         raise RecordError("invalid_json", f"value: {error}") from None
-    if not isinstance(record, dict):
+    if type(record) is not dict:
         raise RecordError(
             "schema_violation", f"(record): a JSON object is needed, not {type(record).__name__}"
         )
@@ -133,15 +170,23 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     join_key = record.get("join_key")
     if join_key is None or join_key == "":
         raise RecordError("missing_join_key", "join_key: missing or empty")
-    validate(expected, record)
-    if "timestamp" in record:
-        # The schema's date-time check lets through what datetime cannot read (23:59:60).
-        try:
-            parse_ts(record["timestamp"])
-        except ValueError:
-            raise RecordError(
-                "schema_violation", f"timestamp: {record['timestamp']!r} is not a valid date-time"
-            ) from None
+    timestamp = record.get("timestamp", _ABSENT)
+    if timestamp is _ABSENT:
+        timestamp = event_ms = None
+        checked = True
+    else:
+        event_ms = plain_ts(timestamp) if plain and type(timestamp) is str else None
+        checked = event_ms is not None
+    if not (plain and checked and plain_check(expected)(record)):
+        validate(expected, record)
+        if timestamp is not None:
+            # The schema's date-time check lets through what datetime cannot read (23:59:60).
+            try:
+                event_ms = parse_ts(timestamp)
+            except ValueError:
+                raise RecordError(
+                    "schema_violation", f"timestamp: {timestamp!r} is not a valid date-time"
+                ) from None
     if key is None:
         raise RecordError(
             "missing_join_key", "key: the Kafka record has no key (it must be the join_key)"
@@ -149,7 +194,7 @@ def decode_input(expected: str, key: bytes | None, value: bytes | None, max_byte
     if key != join_key.encode("utf-8"):
         shown = key[:80].decode("utf-8", "replace")
         raise RecordError("key_mismatch", f"key: {shown!r} differs from join_key {join_key[:80]!r}")
-    return record
+    return record, event_ms
 
 
 def text_or_base64(
@@ -177,6 +222,46 @@ def from_base64(text: str) -> bytes:
         raise ValueError(f"not base64: {error}") from None
 
 
+class RawJson:
+    """JSON text kept as the bytes it was written as, and written into records as is.
+
+    A stored prediction's inputs and outputs are only stored and copied into joined
+    records: kept as bytes, they are neither parsed when the row is read nor written
+    again when it is (`streams.worker.state`); `fragment` splices them into a record
+    unchanged (`dumps`), so a record holding them is the same JSON as one holding
+    the parsed values.
+    """
+
+    __slots__ = ("fragment", "text")
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self.fragment = orjson.Fragment(text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJson) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"RawJson({self.text!r})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RawJson:
+        return self  # immutable
+
+
+def _fragment(value: Any) -> orjson.Fragment:
+    if type(value) is RawJson:
+        return value.fragment
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def spliced(value: Any) -> Any:
+    """`value` to put in a record: a `RawJson`'s fragment, else itself."""
+    return value.fragment if type(value) is RawJson else value
+
+
 def dumps(record: Record) -> bytes:
-    """Serialize a record the one way this project writes JSON."""
-    return orjson.dumps(record)
+    """Serialize a record the one way this project writes JSON (`RawJson` spliced in as is)."""
+    return orjson.dumps(record, default=_fragment)

@@ -2,7 +2,7 @@
 
 Layers, lowest first:
 0. the shared core: errors, clock, settings (and security), the Kafka client config, the record
-   codec, topics;
+   codec (and its plain checks), topics;
 1. `streams.sdk` (what an application imports) and `streams.stats` (reading the aggregates);
 2. `streams.worker` (may use `streams.stats` for its /stats page);
 3. the entry points: `streams` itself, the command line and the demo.
@@ -29,6 +29,7 @@ CORE = {
     "streams.security",
     "streams.kafka_config",
     "streams.records",
+    "streams.plain",
     "streams.topics",
     "streams.kafka_ping",
 }
@@ -36,6 +37,7 @@ TOP = {"streams", "streams.cli", "streams.versions_cli", "streams.demo"}
 # The codec, the settings and the join rules know nothing of the runtime or the clients.
 PURE = {
     "streams.records",
+    "streams.plain",
     "streams.settings",
     "streams.security",
     "streams.worker.join",

@@ -84,6 +84,13 @@ def test_format_ts(ms: int, text: str) -> None:
     assert parse_ts(text) == ms
 
 
+@given(st.integers(min_value=FIRST_MS, max_value=LAST_MS))
+def test_format_ts_agrees_with_datetime(ms: int) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+    assert format_ts(ms) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @pytest.mark.parametrize(
     ("text", "ms"),
     [

@@ -203,6 +203,7 @@ class JoinApp:
             mark_applied(message.topic(), partition, message.offset())
             applied += 1
         self.tables.log_changes()
+        self.processor.flush_metrics()
         self.checkpoint.applied += applied
         self.metrics.batch_size.observe(applied)
 

@@ -29,6 +29,7 @@ the next write after a restart undo what an input cut short had moved
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -66,6 +67,7 @@ def counts(value: Any) -> Totals:
     return [1, 0, 0, 0, 0]
 
 
+@lru_cache(maxsize=4096, typed=True)  # typed: version 1, 1.0 and "1" are three aggregates
 def stats_key(application: str, version: Any, field: str, minute_ms: int) -> bytes:
     """The `state` table key of one partition's share of an aggregate."""
     return SHARE_PREFIX + orjson.dumps([application, version, field, minute_ms])
@@ -79,25 +81,26 @@ def _fields(stored_key: bytes) -> list[Any]:
 def changes(application: str, before: Contribution, after: Contribution) -> dict[bytes, Totals]:
     """How each aggregate moves when a row goes from `before` to `after` (no entry: it stays)."""
     moves: dict[bytes, Totals] = {}
-    for agg, value in before.items():
-        if agg in after and _same(after[agg], value):
-            continue
-        _add(moves, stats_key(application, *agg), counts(value), -1)
-    for agg, value in after.items():
-        if agg in before and _same(before[agg], value):
-            continue
-        _add(moves, stats_key(application, *agg), counts(value), 1)
+    for sign, these, others in ((-1, before, after), (1, after, before)):
+        for agg, value in these.items():
+            if agg in others and _same(others[agg], value):
+                continue
+            key = stats_key(application, *agg)
+            count, true, false, numbers, total = counts(value)
+            current = moves.get(key)
+            if current is None:
+                moves[key] = [sign * count, sign * true, sign * false, sign * numbers, sign * total]
+            else:
+                current[0] += sign * count
+                current[1] += sign * true
+                current[2] += sign * false
+                current[3] += sign * numbers
+                current[4] += sign * total
     return moves
 
 
 def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
-
-
-def _add(moves: dict[bytes, Totals], key: bytes, delta: Totals, sign: int) -> None:
-    current = moves.setdefault(key, [0, 0, 0, 0, 0])
-    for i, amount in enumerate(delta):
-        current[i] += sign * amount
 
 
 def decode_totals(raw: bytes | None) -> Totals:
@@ -117,6 +120,26 @@ def merge(raw: bytes | None, delta: Totals, src: str) -> bytes:
     """A stored share moved by `delta` by the input at `src` (kept at zero: it remembers `src`)."""
     totals = [a + b for a, b in zip(decode_totals(raw), delta, strict=True)]
     return orjson.dumps([*totals, src])
+
+
+def merge_once(raw: bytes | None, delta: Totals, src: str) -> bytes | None:
+    """`merge(raw, delta, src)`, or None when the input at `src` already moved the share."""
+    if raw is None:
+        return orjson.dumps([*delta, src])
+    stored = orjson.loads(raw)
+    if stored[-1] == src:
+        return None
+    count, true, false, numbers, total = delta
+    return orjson.dumps(
+        [
+            stored[0] + count,
+            stored[1] + true,
+            stored[2] + false,
+            stored[3] + numbers,
+            stored[4] + total,
+            src,
+        ]
+    )
 
 
 def published_key(stored_key: bytes, partition: int) -> bytes:

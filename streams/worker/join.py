@@ -30,14 +30,16 @@ lost if the crash lost it (README, Guarantees).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.records import Record, format_ts
+from streams.records import Record, format_ts, spliced
 
 # The namespace of joined ids; never change it, or ids change across versions.
 JOINED_NAMESPACE = uuid.UUID("6f3c1a5e-9a43-4c1b-8d8e-2b7f0c1d4e21")
+_NAMESPACE_BYTES = JOINED_NAMESPACE.bytes
 
 Outcome = Literal["stored", "expired", "joined", "pending", "unmatched", "duplicate"]
 Row = dict[str, Any]
@@ -62,8 +64,18 @@ class Result:
 
 
 def joined_id(application: str, join_key: str, feedback_event_id: str) -> str:
-    """The deterministic id of a joined record: the same on every run and every worker."""
-    return str(uuid.uuid5(JOINED_NAMESPACE, f"{application}\x00{join_key}\x00{feedback_event_id}"))
+    """The deterministic id of a joined record: the same on every run and every worker.
+
+    The UUID version 5 (RFC 4122) in `JOINED_NAMESPACE` of the three joined by NUL
+    characters, as `uuid.uuid5` makes it, without building a `UUID` object (which was
+    a fifth of the work of one joined record).
+    """
+    name = f"{application}\x00{join_key}\x00{feedback_event_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_row(application: str, join_key: str) -> Row:
@@ -81,12 +93,15 @@ def new_row(application: str, join_key: str) -> Row:
 
 def next_due(row: Row, expired_memory_ms: int) -> int | None:
     """The earliest time at which `expire_due` has something to do for this row."""
+    pred = row["pred"]
+    if not row["pend"] and row["gone"] is None and "done" not in row and "prior" not in row:
+        return None if pred is None else pred["exp"]  # the usual row: its prediction's expiry
     times = [entry["due"] for entry in row["pend"]]
     times.extend(entry[1] for entry in row.get("done", {}).values())
     if "prior" in row:
         times.append(row["prior"]["until"])
-    if row["pred"] is not None:
-        times.append(row["pred"]["exp"])
+    if pred is not None:
+        times.append(pred["exp"])
     if row["gone"] is not None:
         times.append(row["gone"] + expired_memory_ms)
     return min(times) if times else None
@@ -111,8 +126,8 @@ def joined_record(row: Row, index: int, now_ms: int) -> Record:
         "application": row["app"],
         "join_key": row["key"],
         "version": pred["version"],
-        "inputs": pred["inputs"],
-        "outputs": pred["outputs"],
+        "inputs": spliced(pred["inputs"]),
+        "outputs": spliced(pred["outputs"]),
         "tags": pred["tags"],
         "prediction_event_id": pred["id"],
         "feedback_event_id": entry["id"],

@@ -10,11 +10,12 @@ row is stale and is simply dropped by the sweep.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
 
-from streams.records import Record
+from streams.records import RawJson, Record, dumps
 from streams.worker import feedback_stats, join
 from streams.worker.join import Row
 
@@ -43,20 +44,51 @@ class Writable(Protocol):
 
 def row_key(application: str, join_key: str) -> bytes:
     """The state-table key: length-prefixed application, then the join key (both UTF-8)."""
+    return _application_prefix(application) + join_key.encode("utf-8")
+
+
+@lru_cache(maxsize=1024)
+def _application_prefix(application: str) -> bytes:
     app = application.encode("utf-8")
-    return struct.pack(">H", len(app)) + app + join_key.encode("utf-8")
+    return struct.pack(">H", len(app)) + app
+
+
+# A row with a prediction is stored as three lines: the row without the prediction's
+# inputs and outputs (JSON), then the inputs, then the outputs (each JSON, never
+# parsed again: `RawJson`). orjson never writes a raw newline, so the lines split
+# cleanly; a row stored as one JSON object (no prediction, or an older worker's) reads too.
 
 
 def encode_row(row: Row) -> bytes:
     """A row as stored."""
-    return orjson.dumps(row)
+    pred = row["pred"]
+    if pred is None:
+        return dumps(row)
+    head = pred.copy()
+    inputs, outputs = head.pop("inputs"), head.pop("outputs")
+    top = row.copy()
+    top["pred"] = head
+    return b"\n".join(
+        (
+            dumps(top),
+            inputs.text if type(inputs) is RawJson else orjson.dumps(inputs),
+            outputs.text if type(outputs) is RawJson else orjson.dumps(outputs),
+        )
+    )
 
 
 def decode_row(raw: bytes | None) -> Row | None:
-    """A stored row, or None."""
+    """A stored row, or None; a prediction's inputs and outputs come as `RawJson`."""
     if raw is None:
         return None
-    row: Row = orjson.loads(raw)
+    end = raw.find(b"\n")
+    if end < 0:
+        row: Row = orjson.loads(raw)
+        return row
+    row = orjson.loads(memoryview(raw)[:end])
+    middle = raw.index(b"\n", end + 1)
+    pred = row["pred"]
+    pred["inputs"], pred["outputs"] = RawJson(raw[end + 1 : middle]), RawJson(raw[middle + 1 :])
     return row
 
 
@@ -140,6 +172,11 @@ def _journaled_prefix(src: str) -> bytes:
 
 def _journaled(row: join.Row, src: str) -> join.Row:
     """The row with `JOURNALED` = src as its first field (see `_journal`)."""
+    if JOURNALED not in row:
+        return {JOURNALED: src, **row}
+    if next(iter(row)) == JOURNALED:
+        row[JOURNALED] = src  # already first: a new value keeps its place
+        return row
     return {JOURNALED: src, **{k: v for k, v in row.items() if k != JOURNALED}}
 
 
@@ -205,17 +242,29 @@ def apply_input(
     retention_ms: int,
     pending_ttl_ms: int,
     expired_memory_ms: int,
+    journal_settled: bool = False,
+    stored_row: tuple[bytes, bytes | None] | None = None,
 ) -> tuple[join.Result, int, Moved]:
     """Apply one valid input to its stored row: read, run the rule, write row, index, aggregates.
 
     Returns the rule's result, how much feedback was waiting before it ran, and the
     aggregates it moved (for a replay: every aggregate the row ever counted in, as they
     are, so that they are published again).
+
+    `journal_settled`: the caller knows that every input applied to `state` since it
+    was opened went through whole, and that the journal was settled before the first:
+    only an input cut short leaves a journal to settle, so there is none to look at.
+    `stored_row`: the row's key and stored value, when the caller has read them already
+    (settling the journal never writes a row).
     """
-    undone = settle_journal(state)
+    undone = {} if journal_settled else settle_journal(state)
     application = record["application"]
-    key = row_key(application, record["join_key"])
-    row = decode_row(state.get(key))
+    if stored_row is None:
+        key = row_key(application, record["join_key"])
+        row = decode_row(state.get(key))
+    else:
+        key, raw = stored_row
+        row = decode_row(raw)
     # The rules update the row in place: note what it was before them.
     old_due = join.next_due(row, expired_memory_ms) if row else None
     waiting = len(row["pend"]) if row else 0
@@ -264,8 +313,9 @@ def apply_input(
             after = _journaled(after, src)
         for share, delta in moves.items():
             stored = state.get(share)
-            if feedback_stats.moved_by(stored) != src:
-                stored = state[share] = feedback_stats.merge(stored, delta, src)
+            merged = feedback_stats.merge_once(stored, delta, src)
+            if merged is not None:
+                stored = state[share] = merged
             # Already moved by this input before a crash cut its writes short: not moved
             # again, but published again (what it published may not have left).
             moved[share] = stored

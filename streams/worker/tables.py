@@ -136,9 +136,7 @@ class TablePartition:
         """Hand the changelog records of the writes since the last call to the outbox."""
         if not self.unlogged:
             return
-        send, topic, partition = self.outbox.send, self.topic, self.partition
-        for key, value in self.unlogged:
-            send(topic, key, value, partition)
+        self.outbox.send_many(self.topic, self.partition, self.unlogged)
         self.unlogged = []
 
     @property
@@ -180,12 +178,15 @@ class TablePartition:
 class PartitionTables:
     """The `state` and `due` table of one input partition."""
 
-    __slots__ = ("due", "partition", "state")
+    __slots__ = ("due", "journal_settled", "partition", "state")
 
     def __init__(self, partition: int, state: TablePartition, due: TablePartition) -> None:
         self.partition = partition
         self.state = state
         self.due = due
+        # Whether the last input applied here went through whole, so that the journal
+        # needs no look before the next one (`streams.worker.state.apply_input`).
+        self.journal_settled = False
 
     @property
     def tables(self) -> tuple[TablePartition, TablePartition]:
@@ -296,5 +297,6 @@ class Tables:
     def discard(self) -> None:
         """Forget every write not yet persisted."""
         for tables in self.open_partitions.values():
+            tables.journal_settled = False
             for table in tables.tables:
                 table.discard()

@@ -49,7 +49,7 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
 
     # The table: one row per contender, the worker's ratio rows, the SDK row and the aims.
     others = [f"worker/{name}" for name in CONTENDERS if name != "worker"]
-    for row in (*CONTENDERS, *others, "ceiling/lean", "sdk log", "aim worker"):
+    for row in (*CONTENDERS, *others, "ceiling/lean", "sdk log", "aim worker", "without Kafka"):
         assert row in stdout
     assert "skipped" not in stdout
     assert result["skipped"] == {}
@@ -91,6 +91,9 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
     assert 900 < plan["prediction_bytes"] < 1200
     assert plan["feedback_bytes"] < 400
     assert run["sdk_log_per_s"] > 0
+    # The per-input path on its own (bench.apply): every prediction and its feedback.
+    assert run["apply"]["inputs"] == 2 * plan["predictions"]
+    assert run["apply"]["inputs_per_s"] > 0 and run["apply"]["cpu_s_per_1000"] > 0
     # The ceiling (faust with a no-op agent) read every input record.
     assert run["ceiling"]["complete"]
     assert run["ceiling"]["records"] == plan["predictions"] + plan["feedback"]

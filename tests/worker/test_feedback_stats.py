@@ -15,7 +15,7 @@ from test_join import APP, DAY, KEY, MEMORY, RETENTION, T0, TTL, Input, interlea
 
 from streams.worker import feedback_stats
 from streams.worker.feedback_stats import MINUTE_MS, SHARE_PREFIX
-from streams.worker.state import JOURNAL_KEY, PENDING_KEY, Moved, apply_input
+from streams.worker.state import JOURNAL_KEY, PENDING_KEY, Moved, apply_input, decode_row
 
 pytestmark = pytest.mark.unit
 
@@ -139,9 +139,7 @@ def counted_by_rows(tables: Tables) -> dict[tuple[Any, ...], list[Any]]:
     """The aggregates recomputed from scratch: each stored row's merged feedback."""
     sums: dict[tuple[Any, ...], list[Any]] = {}
     for raw in tables.rows():
-        for (version, name, minute), value in feedback_stats.contribution(
-            orjson.loads(raw)
-        ).items():
+        for (version, name, minute), value in feedback_stats.contribution(decode_row(raw)).items():
             current = sums.setdefault((APP, version, name, minute), [0, 0, 0, 0, 0])
             for i, amount in enumerate(feedback_stats.counts(value)):
                 current[i] += amount
@@ -300,3 +298,27 @@ def test_published_records_match_the_schema_and_key(
         raw, [-(true + false + numbers + 1), -true, -false, -numbers, -total], "f0:2"
     )
     assert feedback_stats.stats_value(stored, emptied, partition, T0) is None
+
+
+TOTALS = st.lists(st.integers(-5, 5), min_size=5, max_size=5)
+
+
+@given(st.one_of(st.none(), st.tuples(TOTALS, st.sampled_from(["f0:1", "f0:2"]))), TOTALS)
+def test_merge_once_moves_a_share_once_per_input(
+    stored: tuple[list[int], str] | None, delta: list[int]
+) -> None:
+    raw = None if stored is None else orjson.dumps([*stored[0], stored[1]])
+
+    merged = feedback_stats.merge_once(raw, delta, "f0:1")
+
+    if feedback_stats.moved_by(raw) == "f0:1":
+        assert merged is None
+    else:
+        assert merged == feedback_stats.merge(raw, delta, "f0:1")
+
+
+def test_versions_equal_in_python_but_not_in_json_are_distinct_aggregates() -> None:
+    keys = {feedback_stats.stats_key(APP, version, "f", 0) for version in (1, 1.0, "1", None)}
+
+    assert len(keys) == 4
+    assert feedback_stats.stats_key(APP, 1.0, "f", 0).endswith(b',1.0,"f",0]')

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.records import validate
+from streams.records import dumps, validate
 from streams.worker import join
 from streams.worker.state import apply_input, row_key
 
@@ -55,7 +57,8 @@ def feedback(event_id: str, fields: dict[str, Any], application: str = APP) -> d
 
 
 def joined(result: join.Result) -> list[dict[str, Any]]:
-    records = [e.record for e in result.emits if e.topic == "joined"]
+    """The joined records emitted, as written to the topic."""
+    records = [orjson.loads(dumps(e.record)) for e in result.emits if e.topic == "joined"]
     for record in records:
         validate("joined", record)
     return records
@@ -75,6 +78,25 @@ def test_feedback_for_live_prediction_joins_with_everything_it_needs() -> None:
     assert record["prediction_timestamp"] == "2027-01-15T08:00:00.000Z"
     assert record["feedback_timestamp"] == "2027-01-15T08:00:00.005Z"
     assert record["joined_at"] == "2027-01-15T08:00:00.010Z"
+
+
+def test_joined_id_is_fixed_across_versions() -> None:
+    # Downstream readers deduplicate by id: this value must never change.
+    assert join.joined_id(APP, KEY, "f1") == "5d25756e-455c-59f8-a073-765b83458744"
+
+
+NAME_PART = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+
+
+@given(NAME_PART, NAME_PART, NAME_PART)
+def test_joined_id_is_the_uuid5_of_application_key_and_event_id(
+    application: str, join_key: str, event_id: str
+) -> None:
+    name = f"{application}\x00{join_key}\x00{event_id}"
+
+    assert join.joined_id(application, join_key, event_id) == str(
+        uuid.uuid5(join.JOINED_NAMESPACE, name)
+    )
 
 
 def test_later_fields_overwrite_and_revision_counts() -> None:

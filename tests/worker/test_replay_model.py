@@ -38,12 +38,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_feedback_stats import Db, shares
 
+from streams.records import dumps
 from streams.worker import join
 from streams.worker.expiry import PartitionStore, sweep_partition
 from streams.worker.state import PENDING_KEY, apply_input, decode_row, pending_count
@@ -295,7 +295,7 @@ def survived(crash: Crash) -> int:
 
 
 def but_joined_at(record: dict[str, Any]) -> bytes:
-    return orjson.dumps({k: v for k, v in record.items() if k not in ("joined_at", "unmatched_at")})
+    return dumps({k: v for k, v in record.items() if k not in ("joined_at", "unmatched_at")})
 
 
 @settings(max_examples=600, deadline=None)
