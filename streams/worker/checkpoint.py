@@ -5,58 +5,81 @@ Between two commits the worker applies batches of input records: each batch's ou
 records of the rows and index entries it wrote are handed to the one producer
 (`streams.worker.outbox`); the writes themselves wait in memory (`streams.worker.tables`).
 A commit (every `COMMIT_INTERVAL_SECONDS` or `COMMIT_EVERY_RECORDS` inputs, before
-each expiry sweep, when partitions are revoked, and at shutdown) then goes:
+each expiry sweep, when partitions are revoked, and at shutdown) goes:
 
-1. hand the changelog records of the writes still pending to the producer;
-2. publish the `feedback-stats` shares changed since the last commit;
-3. flush the producer: wait until Kafka has every record above (in a thread; the
-   event loop goes on). A record Kafka refuses for good stops the worker with exit
-   status 70 here, before anything is committed: its inputs are read again;
-4. commit the input offsets of every record applied;
-5. write each partition's pending writes to RocksDB, in one write batch with the
-   offset of its last changelog record (its checkpoint).
+1. the cut, on the event loop between two batches (`start`): hand the changelog
+   records of the writes still pending to the producer, publish the `feedback-stats`
+   shares changed since the last commit, take the input offsets applied so far, end
+   the outbox's epoch (what the commit covers) and set the tables' overlays aside
+   (reads still see them; later writes go to fresh overlays);
+2. wait until Kafka has every record of the commit's epochs. A record Kafka refuses
+   for good stops the worker with exit status 70 here, before anything is committed:
+   its inputs are read again;
+3. commit the input offsets taken at the cut;
+4. write each overlay set aside to RocksDB, in one write batch with the offset of the
+   last changelog record of the commit (its checkpoint); then reads stop looking at it.
 
-Why it is safe. After 3, whatever a committed input produced is in Kafka. A crash
-before 4 leaves the inputs uncommitted: they are read again and the join rules
-recognise a replay by its source offset (`streams.worker.join`), emitting the same
-records with the same ids. A crash between 4 and 5 leaves the databases at their
-previous checkpoint: the restore reads the changelog from there, which holds the
-writes of 3. A database never holds a write whose changelog record Kafka may not
-have, so local state and changelog never disagree (the gap the faust-table worker had).
+Steps 2 to 4 run in the commit thread (`Outbox.in_thread`) while the reader goes on
+reading and applying the next batches (the pipeline): they only add to the next
+commit, which begins after this one is done, so commits never overlap. A commit that
+is not done when `COMMIT_EVERY_RECORDS` more inputs are applied holds the reader
+(`blocked`), which bounds what waits in memory while the broker is away.
 
-Nothing else runs meanwhile: the worker's lock is held from 1 to 5, so no batch is
-applied and no sweep chunk written between the flush and the RocksDB write.
+Why it is safe. After 2, whatever a committed input produced is in Kafka: the epochs
+hold every record sent up to the cut, and later batches' records are not waited for
+because their offsets are not in this commit. A crash before 3 leaves the inputs
+uncommitted: they are read again and the join rules recognise a replay by its source
+offset (`streams.worker.join`), emitting the same records with the same ids. A crash
+between 3 and 4 leaves the databases at their previous checkpoint: the restore reads
+the changelog from there, which holds the writes of 2. A database never holds a write
+whose changelog record Kafka may not have, nor a checkpoint past a record it does not
+hold (later commits' records may already be in Kafka, so the checkpoint is the
+commit's own last record, not the changelog's), so local state and changelog never
+disagree. In a rebalance callback or at shutdown the same steps run to the end before
+the call returns (`commit_now`, `commit`).
 
-With `exactly_once` (`STREAMS_PROCESSING_GUARANTEE`) everything between two commits
-is one Kafka transaction of the outbox's transactional producer, and 4 becomes
+With `exactly_once` (`STREAMS_PROCESSING_GUARANTEE`) everything between two cuts is
+one Kafka transaction of the outbox's transactional producer, and 2 and 3 become
 `send_offsets_to_transaction` (with the input consumer's group metadata: a worker whose
-partitions moved is fenced) and `commit_transaction`. A transaction Kafka refuses is
-aborted: its records never reach a `read_committed` reader, the pending writes are
-discarded (`Tables.discard`: they never reached RocksDB) and the inputs are rewound to
-their committed offsets, so the batch is applied again. Commits come every
-`EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS` then: a `read_committed` reader sees a joined
-record only once its transaction is committed, so the interval bounds the latency.
+partitions moved is fenced) and `commit_transaction`, which flushes first. librdkafka
+takes no record while a transaction commits, so what the reader sends meanwhile is
+held in order by the outbox and begins the next transaction once this one is
+committed; a `read_committed` reader sees a joined record once its transaction is
+committed, so commits come as soon as one is done and `EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS`
+has passed since the last began. A call Kafka calls retriable (a broker away) is
+retried. A transaction that must be aborted is aborted: its records never reach a
+`read_committed` reader, the reader waits while everything applied since the last
+commit is dropped (the overlays, including those set aside, never reached RocksDB; the
+held records; the aggregate shares) and the inputs are rewound to their committed
+offsets, so those batches are applied again (`_abort`). A fenced or failed producer
+stops the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from streams.worker.outbox import Outbox
-from streams.worker.tables import Tables
+from streams.worker.outbox import DeliveryFailed, Epoch, Fenced, Outbox, delivered_offsets
+from streams.worker.tables import Cut, Tables
 
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_SECONDS = 1.0
-EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS = 0.1
+# A transaction's records are readable once it commits: this bounds how long they wait
+# when commits are quick; under load commits follow each other (one is under way while
+# the reader applies the next batches) and last about a round trip to the broker each.
+EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS = 0.05
 COMMIT_EVERY_RECORDS = 20_000
+ABORT_BACKOFF_SECONDS = 1.0  # after an abort, before the batches are read again
 
 
 class OffsetCommitter(Protocol):
@@ -66,21 +89,43 @@ class OffsetCommitter(Protocol):
         """Whether records were applied since the last commit."""
         ...
 
-    def commit_applied(self) -> None:
-        """Commit the offsets of the records applied (blocking)."""
-        ...
-
     def take_applied(self) -> list[TopicPartition]:
         """The offsets to commit for the records applied, forgotten here."""
+        ...
+
+    def commit_offsets(self, offsets: list[TopicPartition]) -> bool:
+        """Commit `offsets` (blocking); False when the group refused them."""
+        ...
+
+    def give_back(self, offsets: list[TopicPartition]) -> None:
+        """Offsets a refused commit took: committed with the next one."""
         ...
 
     def group_metadata(self) -> Any:
         """The consumer's group metadata, for `send_offsets_to_transaction`."""
         ...
 
-    def rewind(self, offsets: list[TopicPartition]) -> None:
-        """Read these partitions again from their committed offsets."""
+    def committed_positions(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """The committed offsets of these partitions (blocking; retried while Kafka is away)."""
         ...
+
+    def seek(self, positions: list[TopicPartition]) -> None:
+        """Read these partitions again from these offsets."""
+        ...
+
+
+@dataclass(eq=False)
+class Commit:
+    """One commit under way: what its cut took, and its blocking part."""
+
+    offsets: list[TopicPartition]
+    epochs: list[Epoch]
+    cut: Cut
+    group: Any = None
+    job: concurrent.futures.Future[bool] | None = None
+    task: asyncio.Future[None] | None = None
+    concluded: bool = False
+    began: float = field(default_factory=time.monotonic)
 
 
 class Checkpoint:
@@ -93,73 +138,267 @@ class Checkpoint:
         inputs: OffsetCommitter,
         publish_stats: Callable[[], None],
         discard_stats: Callable[[], None],
+        fail: Callable[[str], NoReturn],
     ) -> None:
         self.outbox = outbox
         self.tables = tables
         self.inputs = inputs
         self.publish_stats = publish_stats
         self.discard_stats = discard_stats
-        self.applied = 0  # inputs applied since the last commit
-        self.last = time.monotonic()
+        self.fail = fail  # stops the worker (exit 70); never returns
+        self.on_abort: list[Callable[[], None]] = []  # told when applied work is dropped
+        self.applied = 0  # inputs applied since the last cut
+        self.last = time.monotonic()  # when the last commit began
+        self.current: Commit | None = None
+        self.aborting: asyncio.Future[None] | None = None
+        self.aborts = 0
         self.interval = (
             EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS
             if outbox.transactional
             else COMMIT_INTERVAL_SECONDS
         )
 
+    # -- when ------------------------------------------------------------------------
+
     def due(self) -> bool:
-        """Time for a commit: the interval passed with something to commit, or many records."""
+        """Time to begin a commit: none under way, and the interval passed or many records."""
+        if self.current is not None or self.aborting is not None:
+            return False
         if self.applied >= COMMIT_EVERY_RECORDS:
             return True
         return time.monotonic() - self.last >= self.interval and self.pending()
 
     def pending(self) -> bool:
-        """Anything applied or written since the last commit."""
+        """Anything applied or written since the last cut."""
         return self.applied > 0 or self.inputs.uncommitted() or self.tables.changed()
 
+    def blocked(self) -> asyncio.Future[None] | None:
+        """What the reader must wait for before it reads on, if anything.
+
+        An abort under way (its batches are being dropped and rewound), or a commit
+        under way while `COMMIT_EVERY_RECORDS` more inputs wait in memory.
+        """
+        if self.aborting is not None:
+            return self.aborting
+        if self.current is not None and self.applied >= COMMIT_EVERY_RECORDS:
+            return self.current.task
+        return None
+
+    # -- the pipeline ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Cut (step 1) and run steps 2-4 in the commit thread; the reader goes on."""
+        commit = self._cut()
+        commit.job = self.outbox.in_thread(self._work, commit)
+        commit.task = asyncio.ensure_future(self._finish(commit))
+
+    async def _finish(self, commit: Commit) -> None:
+        assert commit.job is not None
+        with contextlib.suppress(Exception):  # `_conclude` reads it from the job
+            await asyncio.wrap_future(commit.job)
+        if commit.concluded:
+            return  # a rebalance callback finished it meanwhile
+        try:
+            abort = self._conclude(commit)
+            if abort is not None:
+                await self._abort_async(abort)
+            elif self.due():  # commits follow each other while records come in
+                self.start()
+        except (KafkaException, Fenced, DeliveryFailed) as error:
+            self.fail(f"commit_failed error={error}")
+
     async def commit(self) -> None:
-        """Commit without blocking the event loop; the caller holds the worker's lock."""
-        self.tables.log_changes()
-        self.publish_stats()
-        await self.outbox.drain()
-        loop = asyncio.get_running_loop()
-        if self.outbox.transactional:
-            offsets = self.inputs.take_applied()
-            commit = partial(self.outbox.commit_transaction, offsets, self.inputs.group_metadata())
-            try:
-                await loop.run_in_executor(None, commit)
-            except KafkaException as error:
-                self._abort(error, offsets)
-        else:
-            await loop.run_in_executor(None, self.inputs.commit_applied)
-        self.tables.persist()
-        self._done()
+        """Commit everything applied so far and return once it is done (steps 1-4).
+
+        Other work goes on meanwhile (the caller need not hold the worker's lock): it
+        returns once a commit that began after the call is done, or there was nothing
+        to commit (an abort drops what was applied).
+        """
+        called = time.monotonic()
+        while True:
+            commit = self.current
+            if self.aborting is not None:
+                await self.aborting
+            elif commit is not None:
+                assert commit.task is not None
+                await commit.task
+                if commit.began >= called:
+                    return
+            elif self.pending():
+                self.start()
+            else:
+                return
 
     def commit_now(self) -> None:
-        """As `commit`, blocking: inside a rebalance callback, which must not return before."""
-        self.tables.log_changes()
-        self.publish_stats()
-        self.outbox.flush()
-        if self.outbox.transactional:
-            offsets = self.inputs.take_applied()
-            try:
-                self.outbox.commit_transaction(offsets, self.inputs.group_metadata())
-            except KafkaException as error:
-                self._abort(error, offsets)
-        else:
-            self.inputs.commit_applied()
-        self.tables.persist()
-        self._done()
+        """Commit everything applied so far, blocking: inside a rebalance callback.
 
-    def _abort(self, error: KafkaException, offsets: list[TopicPartition]) -> None:
-        if not error.args[0].txn_requires_abort():
-            raise error  # fenced or fatal: this worker must stop
-        log.warning("transaction_aborted error=%s", error)
-        self.outbox.abort_transaction()
+        The commit under way is finished first, then one more covers the rest; the
+        call returns when both are done.
+        """
+        if self.aborting is not None:
+            # Its batches are dropped already, nothing of them is left to commit; the
+            # rest of the abort (the rewind) follows on the event loop.
+            if self.outbox.job is not None:
+                concurrent.futures.wait([self.outbox.job])
+            return
+        self.settle_now()
+        if not self.pending():
+            return
+        commit = self._cut()
+        job: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        try:
+            job.set_result(self._work(commit))
+        except Exception as error:
+            job.set_exception(error)
+        commit.job = job
+        abort = self._conclude(commit)
+        if abort is not None:
+            self._abort_now(abort)
+
+    def settle_now(self) -> None:
+        """Block until the commit under way is done (concluding it here if need be)."""
+        commit = self.current
+        if commit is None or commit.concluded:
+            return
+        assert commit.job is not None
+        concurrent.futures.wait([commit.job])
+        abort = self._conclude(commit)
+        if abort is not None:
+            self._abort_now(abort)
+
+    def abandon(self) -> None:
+        """The partitions are already another worker's: drop everything not committed.
+
+        Waits for the commit under way (its offsets may or may not be taken), then
+        aborts the open transaction (`exactly_once`), so nothing applied for lost
+        partitions since the last commit reaches a `read_committed` reader.
+        """
+        commit = self.current
+        if commit is not None and not commit.concluded:
+            assert commit.job is not None
+            concurrent.futures.wait([commit.job])
+            commit.concluded = True
+            self.current = None
+            if commit.job.exception() is None:
+                self.tables.drop_cut(commit.cut)
+        if self.outbox.transactional:
+            try:
+                self.outbox.abort_transaction()
+            except (Fenced, DeliveryFailed, KafkaException) as error:
+                self.fail(f"abort_failed error={error}")
+            self.outbox.drop_held()
+            self.outbox.forget()
+            self.outbox.release()
+        self.inputs.take_applied()
         self.tables.discard()
         self.discard_stats()
-        self.inputs.rewind(offsets)
+        self._reset()
 
-    def _done(self) -> None:
+    # -- the steps -------------------------------------------------------------------
+
+    def _cut(self) -> Commit:
+        # Step 1, on the event loop between two batches.
+        self.tables.log_changes()
+        self.publish_stats()
+        commit = Commit(
+            offsets=self.inputs.take_applied(),
+            epochs=self.outbox.take_uncommitted(),
+            cut=self.tables.cut(),
+        )
+        if self.outbox.transactional:
+            commit.group = self.inputs.group_metadata()
+            self.outbox.hold()
+        self.current = commit
+        self._reset()
+        return commit
+
+    def _work(self, commit: Commit) -> bool:
+        """Steps 2-4, blocking; returns whether the group took the offsets."""
+        if self.outbox.transactional:
+            self.outbox.commit_transaction(commit.offsets, commit.group)
+            taken = True
+        else:
+            self.outbox.wait_for(commit.epochs)
+            taken = self.inputs.commit_offsets(commit.offsets) if commit.offsets else True
+        self.tables.write_cut(commit.cut, delivered_offsets(commit.epochs))
+        return taken
+
+    def _conclude(self, commit: Commit) -> list[TopicPartition] | None:
+        """On the event loop once the job ended: done, or the offsets an abort rewinds.
+
+        A delivery refused for good, a fenced producer or any other error stops the
+        worker (exit 70).
+        """
+        assert commit.job is not None
+        assert commit.job.done()
+        commit.concluded = True
+        self.current = None
+        error = commit.job.exception()
+        if error is None:
+            self.tables.drop_cut(commit.cut)
+            if not commit.job.result():
+                self.inputs.give_back(commit.offsets)
+            if self.outbox.transactional:
+                self.outbox.release()
+            return None
+        if (
+            isinstance(error, KafkaException)
+            and self.outbox.transactional
+            and error.args[0].txn_requires_abort()
+        ):
+            log.warning("transaction_aborting error=%s", error)
+            return commit.offsets
+        if isinstance(error, DeliveryFailed):
+            self.fail(f"delivery_failed error={error}")
+        if isinstance(error, Fenced):
+            self.fail(f"producer_fenced error={error}")
+        self.fail(f"commit_failed error={error}")
+
+    def _drop_uncommitted(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        # On the event loop: everything applied since the last commit goes.
+        self.aborts += 1
+        rewind = {(tp.topic, tp.partition): tp for tp in offsets + self.inputs.take_applied()}
+        self.tables.discard()
+        self.outbox.drop_held()
+        self.discard_stats()
+        for hook in self.on_abort:
+            hook()
+        self._reset()
+        return list(rewind.values())
+
+    def _abort_blocking(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        self.outbox.abort_transaction()
+        return self.inputs.committed_positions(offsets)
+
+    def _rewound(self, positions: list[TopicPartition]) -> None:
+        # What the sweep sent and wrote during the abort goes to the next transaction.
+        self.outbox.forget()
+        self.outbox.release()
+        self.inputs.seek(positions)
+        log.info("transaction_aborted partitions=%d aborts=%d", len(positions), self.aborts)
+
+    async def _abort_async(self, offsets: list[TopicPartition]) -> None:
+        self.aborting = asyncio.get_running_loop().create_future()
+        try:
+            rewind = self._drop_uncommitted(offsets)
+            job = self.outbox.in_thread(self._abort_blocking, rewind)
+            try:
+                positions = await asyncio.wrap_future(job)
+            except (Fenced, DeliveryFailed, KafkaException) as error:
+                self.fail(f"abort_failed error={error}")
+            self._rewound(positions)
+            await asyncio.sleep(ABORT_BACKOFF_SECONDS)
+        finally:
+            self.aborting.set_result(None)
+            self.aborting = None
+
+    def _abort_now(self, offsets: list[TopicPartition]) -> None:
+        try:
+            positions = self._abort_blocking(self._drop_uncommitted(offsets))
+        except (Fenced, DeliveryFailed, KafkaException) as error:
+            self.fail(f"abort_failed error={error}")
+        self._rewound(positions)
+
+    def _reset(self) -> None:
         self.applied = 0
         self.last = time.monotonic()
