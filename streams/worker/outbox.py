@@ -16,15 +16,18 @@ its cut go on being sent meanwhile; and each table database stores with its writ
 the offset of the last changelog record of *its* commit (`streams.worker.tables`),
 not a later one that may already be in Kafka.
 
-One thread at a time serves the producer's delivery reports (`poll`): the event loop's,
-except while a commit runs its blocking part in the commit thread (`in_thread`), which
-then serves them. So an epoch's counts have one writer.
+The event loop's thread serves the producer's delivery reports (`poll`, `settle`),
+so an epoch's counts have one writer, and a commit runs its blocking part in the
+commit thread (`in_thread`) only once its epochs are settled: that part then has no
+delivery report to serve. (A report served in another thread would wait for the GIL,
+up to 5 ms each while the reader applies a batch: a commit of a few hundred records
+took 100-200 ms that way under load.)
 
 The safety rule (see `streams.worker.checkpoint`): before input offsets are committed,
 every record of the epochs the commit covers is in Kafka. A delivery that fails for
-good (after librdkafka's own retries) is not skipped over: the commit, `drain()` and
-`flush_to()` raise `DeliveryFailed`, and the worker stops before the commit, so the
-inputs are read again after a restart.
+good (after librdkafka's own retries) is not skipped over: `settle()` and `drain()`
+raise `DeliveryFailed`, and the worker stops before the commit, so the inputs are read
+again after a restart.
 
 With `exactly_once` the producer is transactional: the first record after a commit begins
 a transaction, and `commit_transaction` ends it together with the input offsets
@@ -68,7 +71,7 @@ Sent = tuple[str, bytes | None, bytes | None, int | None, Headers | None]
 TRANSACTION_TIMEOUT_MS = 60_000
 TRANSACTION_CALL_TIMEOUT = 30.0
 RETRY_BACKOFF_SECONDS = 1.0
-WAIT_POLL_SECONDS = 0.001  # how often `drain` looks at the delivery reports
+WAIT_POLL_SECONDS = 0.001  # how often `settle` and `drain` serve the delivery reports
 # Delivery errors an aborted transaction may clear (a broker away); any other (a record
 # the broker refuses, say for its size) would fail again: the worker stops instead.
 TRANSIENT_DELIVERY_ERRORS = frozenset(
@@ -227,30 +230,22 @@ class Outbox:
                 epoch.sent += 1
                 return
             except BufferError:  # the local queue is full: let deliveries make room
-                if self.serving():
-                    self.producer.poll(0.05)
-                else:
-                    time.sleep(0.05)  # the commit thread serves the reports meanwhile
+                self.producer.poll(0.05)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.fatal.append(str(error))
         log.warning("producer_error error=%s", error)
 
-    # -- who serves the delivery reports -------------------------------------------
-
-    def serving(self) -> bool:
-        """True when this (the event loop's) thread may serve the producer: no job runs."""
-        return self.job is None or self.job.done()
+    # -- delivery reports, and the commit thread ------------------------------------
 
     def poll(self) -> None:
-        """Serve the delivery reports that are in, unless the commit thread does."""
-        if self.serving():
-            self.producer.poll(0)
+        """Serve the delivery reports that are in (on the event loop's thread)."""
+        self.producer.poll(0)
 
     def in_thread(self, work: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Run `work(*args)` in the commit thread, which serves the producer until it ends."""
-        assert self.serving(), "one job at a time"
+        """Run `work(*args)` in the commit thread (one job at a time)."""
+        assert self.job is None or self.job.done(), "one job at a time"
         job = self.thread.submit(work, *args)
         self.job = job
         return job
@@ -280,14 +275,24 @@ class Outbox:
             unsettled.popleft()
         return not unsettled or unsettled[0].number > epoch.number
 
-    def wait_for(self, epochs: list[Epoch]) -> None:
-        """Block, serving the producer, until `epochs` are settled; raise if a record failed.
+    async def settle(self, epochs: list[Epoch]) -> None:
+        """Wait, serving the producer, until `epochs` are settled; the event loop goes on.
 
-        In the commit thread, or on the event loop's when no job runs (a rebalance).
+        Raises `DeliveryFailed` when a record could not be delivered (with
+        `exactly_once` the transaction's commit reports it instead: it must abort).
         """
         while not all(epoch.settled for epoch in epochs):
+            self.producer.poll(0)
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+        if not self.transactional:
+            self._raise_failures()
+
+    def settle_now(self, epochs: list[Epoch]) -> None:
+        """As `settle`, blocking: in a rebalance callback, which must not return first."""
+        while not all(epoch.settled for epoch in epochs):
             self.producer.poll(0.01)
-        self._raise_failures()
+        if not self.transactional:
+            self._raise_failures()
 
     async def drain(self) -> None:
         """Wait until Kafka has every record sent so far, without blocking the event loop.
@@ -301,15 +306,8 @@ class Outbox:
             return
         epoch = self.mark()
         while not self.settled(epoch):
-            self.poll()
+            self.producer.poll(0)
             await asyncio.sleep(WAIT_POLL_SECONDS)
-        self._raise_failures()
-
-    def flush(self) -> None:
-        """Block until Kafka has every record sent so far (no job may run)."""
-        epoch = self.mark()
-        while not self.settled(epoch):
-            self.producer.poll(0.01)
         self._raise_failures()
 
     def _raise_failures(self) -> None:
@@ -333,6 +331,9 @@ class Outbox:
 
     def commit_transaction(self, offsets: list[TopicPartition], group: Any) -> None:
         """Commit the transaction with the input `offsets`; blocking (in the commit thread).
+
+        Its records are settled first (`settle`), so librdkafka's flush inside
+        `commit_transaction` has no delivery report left to serve in this thread.
 
         Retries what Kafka calls retriable. Raises `KafkaException` when the error
         requires aborting the transaction (`txn_requires_abort()`), `DeliveryFailed` when
