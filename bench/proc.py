@@ -78,6 +78,8 @@ def free_port() -> int:
 
 
 PYTHON_M = [sys.executable, "-m"]
+# The worker as a user runs it, in each processing guarantee (`streams worker`).
+GUARANTEE_OF = {"worker": "at_least_once", "worker-eos": "exactly_once"}
 # The project's own benchmark rows (not `worker`, the `streams` command a user runs), by module.
 MODULES = {"baseline": "bench.baseline", "ceiling": "bench.ceiling"}
 # Where a contender other than the worker writes the wall-clock ms of its first input read.
@@ -90,7 +92,7 @@ def bench_env(
 ) -> dict[str, str]:
     """STREAMS_* variables of one contender: its own topic prefix, app id, data dir, port."""
     app_id = f"bench-{tag}-{name}-{uuid.uuid4().hex[:6]}"
-    return {
+    env = {
         "STREAMS_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMS_TOPIC_PREFIX": f"{app_id}.",
         "STREAMS_APP_ID": app_id,
@@ -98,6 +100,9 @@ def bench_env(
         "STREAMS_DATA_DIR": str(workdir / app_id / "data"),
         "STREAMS_WEB_PORT": str(free_port()),
     }
+    if name in GUARANTEE_OF:
+        env["STREAMS_PROCESSING_GUARANTEE"] = GUARANTEE_OF[name]
+    return env
 
 
 def cleanup(settings: Settings) -> None:
@@ -127,9 +132,9 @@ class Contender:
 
     @classmethod
     def make(cls, name: str, env: dict[str, str]) -> Contender:
-        """Contender `worker` (`streams worker`), a peer, `baseline` or `ceiling`; env: `bench_env`.
+        """Contender `worker`/`worker-eos` (`streams worker`), a peer, `baseline` or `ceiling`.
 
-        A peer whose build fails raises `peers.PeerUnavailable`.
+        `env`: from `bench_env`. A peer whose build fails raises `peers.PeerUnavailable`.
         """
         script = Path(sys.executable).parent / "streams"  # the console script a user runs
         if name in MODULES:
@@ -257,16 +262,17 @@ def input_drained(settings: Settings) -> bool:
 class FirstRead(threading.Thread):
     """When a contender read its first input record, in epoch ms.
 
-    Contenders other than the worker write it to `STREAMS_DATA_DIR/first-read-ms`. The
-    worker (not ours to change here) is watched from outside: `/metrics` every 10 ms
-    until `streams_records_in_total` is above zero; a first-read-ms file it writes wins.
+    Contenders other than the worker (either guarantee) write it to
+    `STREAMS_DATA_DIR/first-read-ms`. The worker (not ours to change here) is watched from
+    outside: `/metrics` every 10 ms until `streams_records_in_total` is above zero; a
+    first-read-ms file it writes wins.
     """
 
     def __init__(self, contender: Contender) -> None:
         super().__init__(name=f"first-read-{contender.name}", daemon=True)
         self.path = contender.settings.data_dir / FIRST_READ_FILE
         self.port = contender.settings.web_port
-        self.watch = contender.name == "worker"
+        self.watch = contender.name in GUARANTEE_OF
         self.seen_ms = math.nan
         self.stopped = threading.Event()
 
