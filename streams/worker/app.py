@@ -146,7 +146,8 @@ class JoinApp:
         self.partitions = Partitions(self)
         self.lock = asyncio.Lock()
         self.sweeper = Sweeper(self)
-        self.checkpoint.on_abort.append(self.sweeper.forget_floors)
+        self.checkpoint.on_reset.append(self.sweeper.forget_floors)
+        self.checkpoint.reloader = self.partitions
         self.app.task(self._read)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
         self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
@@ -320,6 +321,5 @@ class JoinApp:
             finally:
                 self.partitions.ready.clear()  # nothing left to commit when close() revokes
                 self.inputs.close()
-                self.outbox.close()
                 self.tables.close_all()
         log.info("worker_stopped")

@@ -49,12 +49,16 @@ held in order by the outbox and begins the next transaction once this one is
 committed; a `read_committed` reader sees a joined record once its transaction is
 committed, so commits come as soon as one is done and `EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS`
 has passed since the last began. A call Kafka calls retriable (a broker away) is
-retried. A transaction that must be aborted is aborted: its records never reach a
-`read_committed` reader, the reader waits while everything applied since the last
-commit is dropped (the overlays, including those set aside, never reached RocksDB; the
-held records; the aggregate shares) and the inputs are rewound to their committed
-offsets, so those batches are applied again (`_abort`). A fenced or failed producer
-stops the worker.
+retried. A transaction that must be aborted, or whose commit is still under way after
+`WEDGED_AFTER_SECONDS` (librdkafka can wedge a producer after a broker restart, see
+`Outbox.renew`), resets the worker (`_reset_async`): the reader waits while everything
+applied since the last commit is dropped (the overlays, including those set aside,
+never reached RocksDB; the held records; the aggregate shares), a new producer with the
+same transactional id ends the open transaction (its records never reach a
+`read_committed` reader, unless its commit had reached the broker), every partition's
+tables are restored from their changelogs past their checkpoints and its inputs are
+read again from the committed offsets. Whatever became of the last transaction, the
+worker goes on from what Kafka committed. A fenced or failed producer stops the worker.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +89,10 @@ COMMIT_INTERVAL_SECONDS = 1.0
 # with none; each commit costs a few requests and a marker in every partition it wrote.
 EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS = 0.02
 COMMIT_EVERY_RECORDS = 20_000
-ABORT_BACKOFF_SECONDS = 1.0  # after an abort, before the batches are read again
+# A transactional commit still under way after this long is taken for wedged (see
+# `Outbox.renew`): the worker resets instead of waiting on (`_reset`).
+WEDGED_AFTER_SECONDS = 30.0
+RESET_BACKOFF_SECONDS = 1.0  # after a reset, before the inputs are read again
 
 
 class OffsetCommitter(Protocol):
@@ -110,12 +118,28 @@ class OffsetCommitter(Protocol):
         """The consumer's group metadata, for `send_offsets_to_transaction`."""
         ...
 
+    def partitions_of(self, partitions: list[int]) -> list[TopicPartition]:
+        """These partition numbers of both input topics."""
+        ...
+
     def committed_positions(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
         """The committed offsets of these partitions (blocking; retried while Kafka is away)."""
         ...
 
     def seek(self, positions: list[TopicPartition]) -> None:
         """Read these partitions again from these offsets."""
+        ...
+
+
+class Reloader(Protocol):
+    """What a reset needs of partition ownership (`streams.worker.rebalance.Partitions`)."""
+
+    def suspend(self) -> list[int]:
+        """Stop applying every ready partition (paused, out of the ready set); return them."""
+        ...
+
+    def reload(self, partitions: list[int]) -> None:
+        """Restore these suspended partitions from their changelogs, then read them again."""
         ...
 
 
@@ -130,6 +154,10 @@ class Commit:
     job: concurrent.futures.Future[bool] | None = None
     task: asyncio.Future[None] | None = None
     concluded: bool = False
+    # Set (under `lock`) when the worker gave up on a wedged job: it must not write the
+    # cut to RocksDB if it ever gets that far.
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
     began: float = field(default_factory=time.monotonic)
 
 
@@ -151,12 +179,13 @@ class Checkpoint:
         self.publish_stats = publish_stats
         self.discard_stats = discard_stats
         self.fail = fail  # stops the worker (exit 70); never returns
-        self.on_abort: list[Callable[[], None]] = []  # told when applied work is dropped
+        self.reloader: Reloader | None = None  # set by the worker once it has one
+        self.on_reset: list[Callable[[], None]] = []  # told when applied work is dropped
         self.applied = 0  # inputs applied since the last cut
         self.last = time.monotonic()  # when the last commit began
         self.current: Commit | None = None
-        self.aborting: asyncio.Future[None] | None = None
-        self.aborts = 0
+        self.resetting: asyncio.Future[None] | None = None
+        self.resets = 0
         self.interval = (
             EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS
             if outbox.transactional
@@ -167,7 +196,7 @@ class Checkpoint:
 
     def due(self) -> bool:
         """Time to begin a commit: none under way, and the interval passed or many records."""
-        if self.current is not None or self.aborting is not None:
+        if self.current is not None or self.resetting is not None:
             return False
         if self.applied >= COMMIT_EVERY_RECORDS:
             return True
@@ -180,11 +209,11 @@ class Checkpoint:
     def blocked(self) -> asyncio.Future[None] | None:
         """What the reader must wait for before it reads on, if anything.
 
-        An abort under way (its batches are being dropped and rewound), or a commit
-        under way while `COMMIT_EVERY_RECORDS` more inputs wait in memory.
+        A reset under way (what was applied is being dropped and the tables reloaded),
+        or a commit under way while `COMMIT_EVERY_RECORDS` more inputs wait in memory.
         """
-        if self.aborting is not None:
-            return self.aborting
+        if self.resetting is not None:
+            return self.resetting
         if self.current is not None and self.applied >= COMMIT_EVERY_RECORDS:
             return self.current.task
         return None
@@ -206,14 +235,14 @@ class Checkpoint:
                 self.fail(f"delivery_failed error={error}")
             if commit.concluded:
                 return
-            commit.job = self.outbox.in_thread(self._work, commit)
+            job = commit.job = self.outbox.in_thread(self._work, commit)
+            deadline = WEDGED_AFTER_SECONDS if self.outbox.transactional else None
             with contextlib.suppress(Exception):  # `_conclude` reads it from the job
-                await asyncio.wrap_future(commit.job)
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), deadline)
             if commit.concluded:
                 return
-            abort = self._conclude(commit)
-            if abort is not None:
-                await self._abort_async(abort)
+            if self._conclude(commit):
+                await self._reset_async(commit)
             elif self.due():  # commits follow each other while records come in
                 self.start()
         except (KafkaException, Fenced, DeliveryFailed) as error:
@@ -224,13 +253,13 @@ class Checkpoint:
 
         Other work goes on meanwhile (the caller need not hold the worker's lock): it
         returns once a commit that began after the call is done, or there was nothing
-        to commit (an abort drops what was applied).
+        to commit (a reset drops what was applied).
         """
         called = time.monotonic()
         while True:
             commit = self.current
-            if self.aborting is not None:
-                await self.aborting
+            if self.resetting is not None:
+                await self.resetting
             elif commit is not None:
                 assert commit.task is not None
                 await commit.task
@@ -247,9 +276,9 @@ class Checkpoint:
         The commit under way is finished first, then one more covers the rest; the
         call returns when both are done.
         """
-        if self.aborting is not None:
-            # Its batches are dropped already, nothing of them is left to commit; the
-            # rest of the abort (the rewind) follows on the event loop.
+        if self.resetting is not None:
+            # What was applied is dropped already: nothing is left to commit. The rest
+            # of the reset (the reload) follows on the event loop.
             if self.outbox.job is not None:
                 concurrent.futures.wait([self.outbox.job])
             return
@@ -277,10 +306,10 @@ class Checkpoint:
             except Exception as error:
                 job.set_exception(error)
             commit.job = job
-        concurrent.futures.wait([commit.job])
-        abort = self._conclude(commit)
-        if abort is not None:
-            self._abort_now(abort)
+        deadline = WEDGED_AFTER_SECONDS if self.outbox.transactional else None
+        concurrent.futures.wait([commit.job], deadline)
+        if self._conclude(commit):
+            self._reset_now(commit)
 
     def abandon(self) -> None:
         """The partitions are already another worker's: drop everything not committed.
@@ -294,12 +323,17 @@ class Checkpoint:
             commit.concluded = True
             self.current = None
             if commit.job is not None:
-                concurrent.futures.wait([commit.job])
-                if commit.job.exception() is None:
+                concurrent.futures.wait([commit.job], WEDGED_AFTER_SECONDS)
+                if commit.job.done() and commit.job.exception() is None:
                     self.tables.drop_cut(commit.cut)
+                else:
+                    self._abandon_job(commit)
         if self.outbox.transactional:
             try:
-                self.outbox.abort_transaction()
+                if commit is not None and commit.abandoned:
+                    self.outbox.adopt(self.outbox.renew())
+                else:
+                    self.outbox.abort_transaction()
             except (Fenced, DeliveryFailed, KafkaException) as error:
                 self.fail(f"abort_failed error={error}")
             self.outbox.drop_held()
@@ -308,7 +342,7 @@ class Checkpoint:
         self.inputs.take_applied()
         self.tables.discard()
         self.discard_stats()
-        self._reset()
+        self._reset_counts()
 
     # -- the steps -------------------------------------------------------------------
 
@@ -325,7 +359,7 @@ class Checkpoint:
             commit.group = self.inputs.group_metadata()
             self.outbox.hold()
         self.current = commit
-        self._reset()
+        self._reset_counts()
         return commit
 
     def _work(self, commit: Commit) -> bool:
@@ -335,19 +369,26 @@ class Checkpoint:
             taken = True
         else:
             taken = self.inputs.commit_offsets(commit.offsets) if commit.offsets else True
-        self.tables.write_cut(commit.cut, delivered_offsets(commit.epochs))
+        with commit.lock:
+            if not commit.abandoned:
+                self.tables.write_cut(commit.cut, delivered_offsets(commit.epochs))
         return taken
 
-    def _conclude(self, commit: Commit) -> list[TopicPartition] | None:
-        """On the event loop once the job ended: done, or the offsets an abort rewinds.
+    def _conclude(self, commit: Commit) -> bool:
+        """On the event loop once the job ended or was given up: True when a reset must follow.
 
         A delivery refused for good, a fenced producer or any other error stops the
-        worker (exit 70).
+        worker (exit 70); an error that requires aborting the transaction, or a job
+        still under way after `WEDGED_AFTER_SECONDS`, resets (`_reset`).
         """
         assert commit.job is not None
-        assert commit.job.done()
         commit.concluded = True
         self.current = None
+        if not commit.job.done():
+            # Had it just ended after all, the reset is one too many, never wrong.
+            self._abandon_job(commit)
+            log.warning("commit_wedged seconds=%.0f", time.monotonic() - commit.began)
+            return True
         error = commit.job.exception()
         if error is None:
             self.tables.drop_cut(commit.cut)
@@ -355,65 +396,95 @@ class Checkpoint:
                 self.inputs.give_back(commit.offsets)
             if self.outbox.transactional:
                 self.outbox.release()
-            return None
+            return False
         if (
             isinstance(error, KafkaException)
             and self.outbox.transactional
             and error.args[0].txn_requires_abort()
         ):
             log.warning("transaction_aborting error=%s", error)
-            return commit.offsets
+            return True
         if isinstance(error, DeliveryFailed):
             self.fail(f"delivery_failed error={error}")
         if isinstance(error, Fenced):
             self.fail(f"producer_fenced error={error}")
         self.fail(f"commit_failed error={error}")
 
-    def _drop_uncommitted(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
-        # On the event loop: everything applied since the last commit goes.
-        self.aborts += 1
-        rewind = {(tp.topic, tp.partition): tp for tp in offsets + self.inputs.take_applied()}
+    def _abandon_job(self, commit: Commit) -> None:
+        # Whatever the job does from now on, it writes nothing to RocksDB.
+        with commit.lock:
+            commit.abandoned = True
+
+    # -- the reset (exactly_once) ------------------------------------------------------
+
+    def _drop_applied(self) -> list[int]:
+        # On the event loop: everything applied since the last commit goes, and every
+        # partition stops being applied until it is reloaded.
+        self.resets += 1
+        self.inputs.take_applied()
         self.tables.discard()
         self.outbox.drop_held()
         self.discard_stats()
-        for hook in self.on_abort:
+        for hook in self.on_reset:
             hook()
-        self._reset()
-        return list(rewind.values())
+        self._reset_counts()
+        return self.reloader.suspend() if self.reloader is not None else []
 
-    def _abort_blocking(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
-        self.outbox.abort_transaction()
-        return self.inputs.committed_positions(offsets)
+    def _reset_blocking(self, partitions: list[int]) -> tuple[Any, list[TopicPartition]]:
+        # A new producer (which ends the open transaction, however far it got), and
+        # where the suspended partitions' committed offsets are.
+        producer = self.outbox.renew()
+        return producer, self.inputs.committed_positions(self.inputs.partitions_of(partitions))
 
-    def _rewound(self, positions: list[TopicPartition]) -> None:
-        # What the sweep sent and wrote during the abort goes to the next transaction.
+    def _reset_done(self, producer: Any, positions: list[TopicPartition]) -> None:
+        self.outbox.adopt(producer)
         self.outbox.forget()
-        self.outbox.release()
+        self.outbox.release()  # what the sweep sent meanwhile begins the next transaction
         self.inputs.seek(positions)
-        log.info("transaction_aborted partitions=%d aborts=%d", len(positions), self.aborts)
+        log.info("reset partitions=%d resets=%d", len(positions), self.resets)
 
-    async def _abort_async(self, offsets: list[TopicPartition]) -> None:
-        self.aborting = asyncio.get_running_loop().create_future()
+    async def _reset_async(self, commit: Commit) -> None:
+        """Drop what was applied, renew the producer, reload the tables, read on.
+
+        With `exactly_once`, when a transaction must be aborted or its commit is
+        wedged. The new producer's `init_transactions` ends the old transaction:
+        aborted, or committed if its commit had reached the broker. Either way
+        what Kafka holds is the truth: every suspended partition's tables are
+        restored from their changelogs (`read_committed`) past their checkpoints, and
+        its inputs are read again from the committed offsets.
+        """
+        self.resetting = asyncio.get_running_loop().create_future()
         try:
-            rewind = self._drop_uncommitted(offsets)
-            job = self.outbox.in_thread(self._abort_blocking, rewind)
+            partitions = self._drop_applied()
+            job = self.outbox.in_thread(self._reset_blocking, partitions)
             try:
-                positions = await asyncio.wrap_future(job)
+                producer, positions = await asyncio.wrap_future(job)
             except (Fenced, DeliveryFailed, KafkaException) as error:
-                self.fail(f"abort_failed error={error}")
-            self._rewound(positions)
-            await asyncio.sleep(ABORT_BACKOFF_SECONDS)
+                self.fail(f"reset_failed error={error}")
+            self._reset_done(producer, positions)
+            if self.reloader is not None:
+                self.reloader.reload(partitions)
+            await asyncio.sleep(RESET_BACKOFF_SECONDS)
         finally:
-            self.aborting.set_result(None)
-            self.aborting = None
+            self.resetting.set_result(None)
+            self.resetting = None
 
-    def _abort_now(self, offsets: list[TopicPartition]) -> None:
+    def _reset_now(self, commit: Commit) -> None:
+        # Inside a rebalance callback: the partitions are going, nothing is reloaded.
+        self.resets += 1
+        self.inputs.take_applied()
+        self.tables.discard()
+        self.outbox.drop_held()
+        self.discard_stats()
+        for hook in self.on_reset:
+            hook()
+        self._reset_counts()
         try:
-            positions = self._abort_blocking(self._drop_uncommitted(offsets))
+            producer = self.outbox.renew()
         except (Fenced, DeliveryFailed, KafkaException) as error:
-            self.fail(f"abort_failed error={error}")
-        self._rewound(positions)
+            self.fail(f"reset_failed error={error}")
+        self._reset_done(producer, [])
 
-    def _reset(self) -> None:
+    def _reset_counts(self) -> None:
         self.applied = 0
         self.last = time.monotonic()

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from streams.kafka_config import librdkafka_config
+from streams.kafka_config import REBOOTSTRAP, librdkafka_config
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
@@ -56,6 +56,7 @@ class InputConsumer:
         self.consumer = Consumer(
             {
                 **librdkafka_config(settings),
+                **REBOOTSTRAP,
                 "group.id": input_group(settings.app_id),
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,
@@ -154,14 +155,15 @@ class InputConsumer:
     def pause(self, partitions: list[int]) -> None:
         """Stop fetching these partitions of both topics."""
         if partitions:
-            self.consumer.pause(self._tps(partitions))
+            self.consumer.pause(self.partitions_of(partitions))
 
     def resume(self, partitions: list[int]) -> None:
         """Fetch these partitions of both topics again."""
         if partitions:
-            self.consumer.resume(self._tps(partitions))
+            self.consumer.resume(self.partitions_of(partitions))
 
-    def _tps(self, partitions: list[int]) -> list[TopicPartition]:
+    def partitions_of(self, partitions: list[int]) -> list[TopicPartition]:
+        """These partition numbers of both input topics."""
         return [TopicPartition(topic, p) for topic in self.topics for p in partitions]
 
     def close(self) -> None:

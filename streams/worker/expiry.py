@@ -439,7 +439,7 @@ class Sweeper:
             await asyncio.sleep(took * PAUSE_RATIO)
 
     def forget_floors(self) -> None:
-        """Sweep every partition from its first entry next time (an abort undid a sweep)."""
+        """Sweep every partition from its first entry next time (a reset undid a sweep)."""
         self.floors.clear()
 
     def _count(self, chunk: Chunk) -> None:

@@ -36,8 +36,9 @@ partitions have moved is fenced, KIP-447). While a commit is under way (`hold`),
 sent waits here, in order, and goes to the next transaction once the commit is done
 (`release`): librdkafka takes no record between `commit_transaction` and the next
 `begin_transaction`. The calls that reach the broker retry what Kafka calls retriable
-(a broker away, a timeout); an error that requires it aborts the transaction (nothing
-of it reaches a `read_committed` reader); a fenced or failed producer raises `Fenced`.
+(a broker away, a timeout); an error that requires an abort is the checkpoint's to
+handle, which replaces the producer (`renew`: nothing of the open transaction reaches a
+`read_committed` reader); a fenced or failed producer raises `Fenced`.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.kafka_config import REBOOTSTRAP
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,7 @@ class Outbox:
         self.changelogs: set[str] = changelogs if changelogs is not None else set()
         config: dict[str, Any] = {
             **connection,
+            **REBOOTSTRAP,
             "enable.idempotence": True,
             "acks": "all",
             "partitioner": "murmur2_random",
@@ -176,12 +181,13 @@ class Outbox:
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
-            "error_cb": self._on_error,
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
             config["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-        self.producer = Producer(config)
+        self.config = config
+        self.retired: list[Producer] = []  # replaced (`renew`), kept: destroying one may block
+        self.producer = self._new_producer()
         self.transactional = transactional_id is not None
         self.in_transaction = False
         self.holding = False  # a commit is under way: records wait in `held`
@@ -193,10 +199,37 @@ class Outbox:
         self.epoch = self._new_epoch()
         self.unsettled: deque[Epoch] = deque()  # marked, some report still missing
         self.uncommitted: list[Epoch] = []  # marked since the last commit's cut
-        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.job: concurrent.futures.Future[Any] | None = None
         if self.transactional:
             self.call(self.producer.init_transactions, TRANSACTION_CALL_TIMEOUT)
+
+    def _new_producer(self) -> Producer:
+        # Errors of a producer replaced since (`renew`) are not this outbox's any more.
+        def on_error(error: KafkaError) -> None:
+            if producer is self.producer:
+                self._on_error(error)
+
+        producer = Producer({**self.config, "error_cb": on_error})
+        return producer
+
+    def renew(self) -> Producer:
+        """A new transactional producer with the same id, initialised; blocking (commit thread).
+
+        Its `init_transactions` fences the current producer and ends its open
+        transaction (aborted, or committed if its commit had reached the broker).
+        librdkafka can wedge a producer after a broker restart: it forgets the
+        broker it cached as the group coordinator and `send_offsets_to_transaction`
+        never returns (librdkafka issues #5456, #5511); only a new one recovers.
+        """
+        producer = self._new_producer()
+        self.call(producer.init_transactions, TRANSACTION_CALL_TIMEOUT)
+        return producer
+
+    def adopt(self, producer: Producer) -> None:
+        """Send through `producer` (from `renew`) from now on; the old one is left as it is."""
+        self.retired.append(self.producer)
+        self.producer = producer
+        self.in_transaction = False
 
     def _new_epoch(self) -> Epoch:
         self._numbers += 1
@@ -244,9 +277,19 @@ class Outbox:
         self.producer.poll(0)
 
     def in_thread(self, work: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Run `work(*args)` in the commit thread (one job at a time)."""
-        assert self.job is None or self.job.done(), "one job at a time"
-        job = self.thread.submit(work, *args)
+        """Run `work(*args)` in a thread of its own: the blocking part of a commit or a reset.
+
+        A daemon thread: a job wedged in librdkafka (see `renew`) can be left behind.
+        """
+        job: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                job.set_result(work(*args))
+            except BaseException as error:  # handed to whoever waits for the job
+                job.set_exception(error)
+
+        threading.Thread(target=run, name="commit", daemon=True).start()
         self.job = job
         return job
 
@@ -339,17 +382,19 @@ class Outbox:
         requires aborting the transaction (`txn_requires_abort()`), `DeliveryFailed` when
         a record was refused for good, `Fenced` when this producer cannot go on.
         """
+        producer = self.producer  # this one, even if `renew` replaces it meanwhile
         if not self.in_transaction:
             if not offsets:
                 return
-            self.producer.begin_transaction()
+            producer.begin_transaction()
             self.in_transaction = True
         if offsets:
             self.call(
-                self.producer.send_offsets_to_transaction, offsets, group, TRANSACTION_CALL_TIMEOUT
+                producer.send_offsets_to_transaction, offsets, group, TRANSACTION_CALL_TIMEOUT
             )
-        self.call(self.producer.commit_transaction, TRANSACTION_CALL_TIMEOUT)
-        self.in_transaction = False
+        self.call(producer.commit_transaction, TRANSACTION_CALL_TIMEOUT)
+        if producer is self.producer:
+            self.in_transaction = False
         self._raise_failures()
 
     def abort_transaction(self) -> None:
@@ -405,7 +450,3 @@ class Outbox:
                     warned = now
                     log.warning("transaction_retry call=%s error=%s", operation.__name__, error)
                 time.sleep(RETRY_BACKOFF_SECONDS)
-
-    def close(self) -> None:
-        """Stop the commit thread (its job, if any, ends first)."""
-        self.thread.shutdown(wait=True)

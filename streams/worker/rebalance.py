@@ -148,6 +148,25 @@ class Partitions:
         self.host.tables.close_all()
         self.ready.clear()
 
+    def suspend(self) -> list[int]:
+        """Stop applying every ready partition (a reset): paused, out of the ready set."""
+        suspended = sorted(self.ready)
+        self.host.inputs.pause(suspended)
+        self.ready.clear()
+        return suspended
+
+    def reload(self, partitions: list[int]) -> None:
+        """Restore suspended partitions from their changelogs; each is read again once done.
+
+        The restore reads each changelog from the database's checkpoint to its end, so
+        the tables hold exactly what Kafka committed, whatever became of the writes a
+        reset dropped.
+        """
+        for partition in partitions:
+            if partition in self.host.tables.open_partitions:
+                self._restore(partition)
+        log.info("reloading partitions=%s", partitions)
+
     def _cancel_restores(self) -> None:
         for cancelled, future in self.restoring.values():
             cancelled.set()
