@@ -80,6 +80,8 @@ def free_port() -> int:
 
 
 PYTHON_M = [sys.executable, "-m"]
+# The worker as a user runs it, in each processing guarantee (`streams worker`).
+GUARANTEE_OF = {"worker": "at_least_once", "worker-eos": "exactly_once"}
 # The project's own benchmark rows (not `worker`, the `streams` command a user runs), by module.
 MODULES = {"baseline": "bench.baseline", "ceiling": "bench.ceiling"}
 # Where a contender other than the worker writes the wall-clock ms of its first input read.
@@ -92,7 +94,7 @@ def bench_env(
 ) -> dict[str, str]:
     """STREAMS_* variables of one contender: its own topic prefix, app id, data dir, port."""
     app_id = f"bench-{tag}-{name}-{uuid.uuid4().hex[:6]}"
-    return {
+    env = {
         "STREAMS_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMS_TOPIC_PREFIX": f"{app_id}.",
         "STREAMS_APP_ID": app_id,
@@ -100,6 +102,9 @@ def bench_env(
         "STREAMS_DATA_DIR": str(workdir / app_id / "data"),
         "STREAMS_WEB_PORT": str(free_port()),
     }
+    if name in GUARANTEE_OF:
+        env["STREAMS_PROCESSING_GUARANTEE"] = GUARANTEE_OF[name]
+    return env
 
 
 def cleanup(settings: Settings) -> None:
@@ -129,9 +134,9 @@ class Contender:
 
     @classmethod
     def make(cls, name: str, env: dict[str, str]) -> Contender:
-        """Contender `worker` (`streams worker`), a peer, `baseline` or `ceiling`; env: `bench_env`.
+        """Contender `worker`/`worker-eos` (`streams worker`), a peer, `baseline` or `ceiling`.
 
-        A peer whose build fails raises `peers.PeerUnavailable`.
+        `env`: from `bench_env`. A peer whose build fails raises `peers.PeerUnavailable`.
         """
         script = Path(sys.executable).parent / "streams"  # the console script a user runs
         if name in MODULES:
@@ -270,8 +275,8 @@ FIRST_INPUT_LINE = re.compile(
 class FirstRead(threading.Thread):
     """When a contender read its first input record, in epoch ms.
 
-    Contenders other than the worker write it to `STREAMS_DATA_DIR/first-read-ms`. The
-    worker is watched from outside: the time of its `first_input` log line, written as
+    Contenders other than the worker (either guarantee) write it to
+    `STREAMS_DATA_DIR/first-read-ms`. The worker is watched from outside: the time of its `first_input` log line, written as
     it applies the first record it read. Its `/metrics` alone are no good for this:
     they are served between batches, so `streams_records_in_total` shows the first read
     only after a batch or more, and a small run can be drained by then. `/metrics` is
@@ -285,7 +290,7 @@ class FirstRead(threading.Thread):
         self.port = contender.settings.web_port
         self.log_path = contender.log_path
         self.log_start = contender.log_path.stat().st_size if contender.log_path.exists() else 0
-        self.watch = contender.name == "worker"
+        self.watch = contender.name in GUARANTEE_OF
         self.seen_ms = math.nan
         self.stopped = threading.Event()
 

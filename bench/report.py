@@ -11,13 +11,18 @@ import math
 import statistics
 from typing import Any
 
-# Contenders, in the table's order: the worker, the reference, the peers, the diagnostic.
+# Contenders, in the table's order: the worker (at least once, then exactly once), the
+# reference, the peers, the diagnostic.
 WORKER = "worker"
+WORKER_EOS = "worker-eos"
 REFERENCE = "lean"
 PEERS = ("kstreams", "quix")
-CONTENDERS = (WORKER, REFERENCE, *PEERS, "baseline")
+CONTENDERS = (WORKER, WORKER_EOS, REFERENCE, *PEERS, "baseline")
 # Contenders whose join promises every expected record; the peers' APIs cannot (see README).
-COMPLETE_BY_DESIGN = (WORKER, REFERENCE, "baseline")
+COMPLETE_BY_DESIGN = (WORKER, WORKER_EOS, REFERENCE, "baseline")
+# Contenders measured at the light rate too (`--light-rate`): the worker in both modes, and
+# the reference beside them.
+LIGHT = (WORKER, WORKER_EOS, REFERENCE)
 # (figure, column title, format): medians per contender, and the worker's ratios.
 FIGURES = (
     ("joined_per_s", "joined/s", "{:,.0f}"),
@@ -33,13 +38,21 @@ FIGURES = (
 AIM_LEAN_RATIO = 0.5
 AIM_CPU_RATIO = 2.0
 AIM_P99_MS = 50.0
+AIM_EOS_RATIO = 0.7
+AIM_EOS_P99_MS = 100.0
 AIM_LABELS = {
     "worker_at_least_0_5x_lean": f"worker >= {AIM_LEAN_RATIO}x the lean loop's joined/s",
     "worker_cpu_at_most_2x_lean": f"worker CPU per join <= {AIM_CPU_RATIO:.0f}x the lean loop's",
     "worker_ahead_of_kstreams": "worker ahead of Kafka Streams",
     "worker_ahead_of_quix": "worker ahead of Quix Streams",
     "worker_p99_under_50_ms": f"worker p99 < {AIM_P99_MS:.0f} ms at that rate",
+    "worker_p99_under_50_ms_light": f"worker p99 < {AIM_P99_MS:.0f} ms at the light rate",
+    "eos_at_least_0_7x_worker": (
+        f"worker-eos (exactly_once) >= {AIM_EOS_RATIO}x the worker's (at_least_once) joined/s"
+    ),
+    "eos_p99_under_100_ms": f"worker-eos p99 < {AIM_EOS_P99_MS:.0f} ms at that rate",
 }
+LATENCY_FIGURES = ("p50_ms", "p99_ms", "max_ms")
 
 
 def figures(result: dict[str, Any]) -> dict[str, float]:
@@ -100,9 +113,20 @@ def summarize(runs: list[dict[str, Any]], contenders: list[str]) -> dict[str, An
         run[name][mode]["complete"]
         for run in runs
         for name in must_complete
-        for mode in ("throughput", "latency")
+        for mode in ("throughput", "latency", "light")
+        if mode in run[name]
     )
     rate = runs[0]["rate"]
+    light = {
+        name: {f: _median([run[name]["light"][f] for run in runs]) for f in LATENCY_FIGURES}
+        for name in contenders
+        if all("light" in run[name] for run in runs)
+    }
+    eos_to_worker = (
+        median_ratio(runs, WORKER_EOS, WORKER, "joined_per_s")
+        if {WORKER, WORKER_EOS} <= set(contenders)
+        else math.nan
+    )
     return {
         "contenders": contenders,
         "median": medians,
@@ -124,15 +148,29 @@ def summarize(runs: list[dict[str, Any]], contenders: list[str]) -> dict[str, An
         "ceiling_joined_per_s": ceiling,
         "ceiling_to_lean": ceiling_to_lean,
         "counts_complete": complete and all(run["ceiling"]["complete"] for run in runs),
-        "aims": aims(medians, worker_to),
+        "light_rate": runs[0].get("light_rate", math.nan),
+        "light": light,
+        "eos_to_worker": eos_to_worker,
+        "aims": aims(medians, worker_to, light, eos_to_worker),
     }
 
 
-def aims(medians: dict[str, dict[str, float]], worker_to: dict[str, Any]) -> dict[str, bool]:
-    """Issue 9's aims that this run's contenders can show."""
+def aims(
+    medians: dict[str, dict[str, float]],
+    worker_to: dict[str, Any],
+    light: dict[str, dict[str, float]],
+    eos_to_worker: float,
+) -> dict[str, bool]:
+    """The aims of issues 9 and 13 that this run's contenders can show."""
     found: dict[str, bool] = {}
+    if WORKER_EOS in medians:
+        found["eos_p99_under_100_ms"] = medians[WORKER_EOS]["p99_ms"] < AIM_EOS_P99_MS
+        if not math.isnan(eos_to_worker):
+            found["eos_at_least_0_7x_worker"] = eos_to_worker >= AIM_EOS_RATIO
     if WORKER not in medians:
         return found
+    if WORKER in light:
+        found["worker_p99_under_50_ms_light"] = light[WORKER]["p99_ms"] < AIM_P99_MS
     if REFERENCE in worker_to:
         found["worker_at_least_0_5x_lean"] = worker_to[REFERENCE]["joined_per_s"] >= AIM_LEAN_RATIO
         found["worker_cpu_at_most_2x_lean"] = (
@@ -160,6 +198,26 @@ def _lay_out(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def light_lines(summary: dict[str, Any]) -> list[str]:
+    """The light-rate latency of the contenders measured there, and exactly once's cost."""
+    lines = []
+    light: dict[str, dict[str, float]] = summary.get("light", {})
+    if light:
+        figures = "; ".join(
+            f"{name} " + " / ".join(_cell("{:.1f}", light[name][f]) for f in LATENCY_FIGURES)
+            for name in light
+        )
+        lines.append(
+            f"light load, {summary['light_rate']:,.0f} feedback/s, p50 / p99 / max ms: {figures}"
+        )
+    if not math.isnan(summary.get("eos_to_worker", math.nan)):
+        lines.append(
+            "worker-eos (exactly_once) joined/s over the worker's (at_least_once): "
+            f"{summary['eos_to_worker']:.2f}x"
+        )
+    return lines
+
+
 def table(summary: dict[str, Any], runs: int, skipped: dict[str, str]) -> str:
     """The summary as text: a row per contender, the worker's ratio rows, then notes and aims."""
     contenders: list[str] = summary["contenders"]
@@ -184,6 +242,7 @@ def table(summary: dict[str, Any], runs: int, skipped: dict[str, str]) -> str:
         "",
         f"medians of {runs} run(s); latency at {summary['latency_rate']:,.0f} feedback/s"
         + ("" if math.isnan(share) else f" ({share:.0%} of the worker's max)"),
+        *light_lines(summary),
         "joined/s: distinct expected joined records over the time from the contender's first "
         "input read to its last joined record; complete: those of the expected ones",
         f"sdk log (1 KB records, batches of 500): {summary['sdk_log_per_s']:,.0f} records/s",
@@ -203,7 +262,9 @@ def table(summary: dict[str, Any], runs: int, skipped: dict[str, str]) -> str:
         )
     for name, reason in skipped.items():
         lines.append(f"skipped {name}: {reason.splitlines()[0]}")
-    lines.append(f"joined counts complete (worker, lean, baseline): {summary['counts_complete']}")
+    lines.append(
+        f"joined counts complete ({', '.join(COMPLETE_BY_DESIGN)}): {summary['counts_complete']}"
+    )
     for aim, met in summary["aims"].items():
         lines.append(f"aim {AIM_LABELS[aim]}: {'met' if met else 'NOT met'}")
     return "\n".join(lines)

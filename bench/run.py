@@ -1,16 +1,18 @@
 """`python -m bench` (`make bench`): the worker, the lean reference loop and the peers.
 
 The method is BENCHMARK.md's. Each run measures, on the same broker and side by side,
-the project's worker (`streams worker`, as a user runs it), the lean durable loop
+the project's worker (`streams worker`, as a user runs it, in `at_least_once` and as
+`worker-eos` in `exactly_once`), the lean durable loop
 (`bench/lean_loop.py`, the reference), Kafka Streams (`bench/kstreams/`) and Quix
 Streams (`bench/quix/`), and the baseline (`bench.baseline`, the project's rules on a
 plain loop, a diagnostic row): throughput on preloaded topics, restart, and latency at a
-fixed rate (by default half of the worker's rate in the first run); then faust's ceiling,
-the worker's per-input path without Kafka (`bench.apply`) and the SDK's log throughput.
-The order of contenders rotates from run to run. Every contender gets its own topics
-(4 partitions by default), consumer group and data directory, deleted afterwards. The
-peers are built on demand (`bench.peers`); one whose build fails is skipped, and the
-table says why.
+fixed rate (by default half of the worker's rate in the first run), and for the worker in
+both modes and the lean loop latency at a light rate too (`--light-rate`, 10 feedback/s:
+light traffic must not wait for a batch to fill); then faust's ceiling, the worker's
+per-input path without Kafka (`bench.apply`) and the SDK's log throughput. The order of
+contenders rotates from run to run. Every contender gets its own topics (4 partitions by
+default), consumer group and data directory, deleted afterwards. The peers are built on
+demand (`bench.peers`); one whose build fails is skipped, and the table says why.
 
 Prints a table (medians over the runs; ratios are the medians of each run's ratio, see
 `bench.report`) and writes everything as JSON to `bench-results/<timestamp>.json`.
@@ -37,7 +39,7 @@ from bench import apply, peers, report, scale
 from bench.modes import ceiling, latency, throughput
 from bench.peers import PeerUnavailable
 from bench.proc import Contender, bench_env, cleanup
-from bench.report import CONTENDERS, WORKER
+from bench.report import CONTENDERS, LIGHT, WORKER
 from bench.sdk import log_throughput
 from streams.settings import Settings
 
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
     parser.add_argument("--rate", type=float, help="latency mode feedback/s (default: half max)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="latency mode length")
+    parser.add_argument(
+        "--light-rate", type=float, default=10.0, help="feedback/s of the light-load latency"
+    )
     parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     parser.add_argument("--sdk-n", type=int, help="records for the SDK row (default 2 x n)")
     parser.add_argument("--quick", action="store_true", help="small N, one run: for a test")
@@ -98,7 +103,8 @@ def one_run(
                 run[name][mode] = throughput(contender, args.n, args.seed + index)
             else:
                 assert rate is not None
-                run[name][mode] = latency(contender, rate, args.latency_seconds, args.seed + index)
+                paced = rate if mode == "latency" else args.light_rate
+                run[name][mode] = latency(contender, paced, args.latency_seconds, args.seed + index)
         finally:
             contender.stop()
             cleanup(contender.settings)
@@ -125,8 +131,12 @@ def one_run(
             measured = FALLBACK_RATE / LATENCY_SHARE
         rate = LATENCY_SHARE * measured
     run["rate"] = rate
+    run["light_rate"] = args.light_rate
     for name in order:
         measure(name, "latency")
+    for name in order:
+        if name in LIGHT:
+            measure(name, "light")
     # The worker's per-input path on its own (decode, rules, table writes; no Kafka).
     run["apply"] = apply.measure(args.n, where=workdir)
     log.info("run=%d apply=%s", index + 1, run["apply"])
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs",
                 "rate",
                 "latency_seconds",
+                "light_rate",
                 "partitions",
                 "sdk_n",
                 "bootstrap",

@@ -31,6 +31,13 @@ from streams.errors import StreamsError
 from streams.settings import Settings
 
 METADATA_SLICE_SECONDS = 0.25
+# librdkafka (2.10 and later) forgets a broker that a metadata response leaves out, and a
+# broker shutting down answers without itself: a client of a single-broker cluster (or of
+# brokers all restarted) then knows no broker at all, and goes back to bootstrap.servers
+# only after `metadata.recovery.rebootstrap.trigger.ms`, 5 minutes by default. Seen with
+# the worker's producer across a 10 s broker restart: nothing sent until its transaction
+# timed out. Clients that must outlive a broker restart (the worker's) set it shorter.
+REBOOTSTRAP = {"metadata.recovery.rebootstrap.trigger.ms": 10_000}
 
 
 class AuthenticationFailed(StreamsError):

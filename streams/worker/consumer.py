@@ -6,8 +6,9 @@
 - `partition.assignment.strategy=range`: with equal partition counts, partition p of
   both topics goes to the same member (co-partitioning: the row of a join key lives in
   the tables of the partition its records arrive on). `on_assign` checks it.
-- Nothing is committed automatically: `commit_applied` commits, for each partition, the
-  offset after the last record applied, and only when `streams.worker.checkpoint` says so.
+- Nothing is committed automatically: `take_applied` hands `streams.worker.checkpoint`,
+  for each partition, the offset after the last record applied, and it commits them
+  (`commit_offsets`, or in the transaction) when it says so.
 - `isolation.level=read_committed`: an aborted transaction's inputs are never read.
 - `STREAMS_SESSION_TIMEOUT` (`group_timing`) is how long a worker that died without
   leaving keeps its partitions, in this group and in faust's.
@@ -20,13 +21,14 @@ run inside that call, on the event loop's thread, between two batches.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from streams.kafka_config import librdkafka_config
+from streams.kafka_config import REBOOTSTRAP, librdkafka_config
 from streams.settings import Settings
 from streams.worker.metrics import Metrics
 
@@ -66,6 +68,13 @@ def faust_group_timing(settings: Settings) -> dict[str, Any]:
     }
 
 
+COMMITTED_TIMEOUT = 30.0
+
+
+def _at(tp: TopicPartition) -> tuple[str, int]:
+    return tp.topic, tp.partition
+
+
 def input_group(app_id: str) -> str:
     """The input consumer's group id, apart from faust's own group `<app id>`."""
     return f"{app_id}-inputs"
@@ -82,6 +91,7 @@ class InputConsumer:
             {
                 **librdkafka_config(settings),
                 **group_timing(settings),
+                **REBOOTSTRAP,
                 "group.id": input_group(settings.app_id),
                 "partition.assignment.strategy": "range",
                 "enable.auto.commit": False,
@@ -115,41 +125,62 @@ class InputConsumer:
         """Whether records were applied since the last commit."""
         return bool(self.applied)
 
-    def commit_applied(self) -> None:
-        """Commit the offsets of the records applied; blocking (call it from a thread).
+    def commit_offsets(self, offsets: list[TopicPartition]) -> bool:
+        """Commit `offsets`; blocking (the commit thread). False when they were refused.
 
         A commit the group refuses (the partitions moved in a rebalance) is logged:
         the records are read again by their new owner, as after a crash.
         """
-        if not self.applied:
-            return
-        applied, self.applied = self.applied, {}
-        offsets = [TopicPartition(t, p, o) for (t, p), o in applied.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
             log.warning("commit_refused partitions=%d error=%s", len(offsets), error)
+            return False
+        return True
 
     def take_applied(self) -> list[TopicPartition]:
-        """The offsets to commit for the records applied (in a transaction), forgotten here."""
+        """The offsets to commit for the records applied, forgotten here."""
         applied, self.applied = self.applied, {}
         return [TopicPartition(t, p, o) for (t, p), o in applied.items()]
+
+    def give_back(self, offsets: list[TopicPartition]) -> None:
+        """Offsets whose commit was refused: the next commit tries them, unless applied past."""
+        for tp in offsets:
+            self.applied.setdefault((tp.topic, tp.partition), tp.offset)
 
     def group_metadata(self) -> Any:
         """The consumer's group metadata, for `send_offsets_to_transaction`."""
         return self.consumer.consumer_group_metadata()
 
-    def rewind(self, offsets: list[TopicPartition]) -> None:
-        """Read these partitions again from their committed offsets (an aborted transaction)."""
+    def committed_positions(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """Where these partitions' committed offsets are (an aborted transaction rewinds there).
+
+        Blocking (the commit thread): asks again while the broker does not answer.
+        """
         if not offsets:
-            return
-        committed = self.consumer.committed(
-            [TopicPartition(tp.topic, tp.partition) for tp in offsets], timeout=30
-        )
+            return []
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in offsets]
+        while True:
+            try:
+                committed = self.consumer.committed(asked, timeout=COMMITTED_TIMEOUT)
+                break
+            except KafkaException as error:
+                log.warning("committed_offsets_retry error=%s", error)
+                time.sleep(1.0)
+        positions = []
         for tp in committed:
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            log.info("rewind topic=%s partition=%d offset=%d", tp.topic, tp.partition, start)
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+            positions.append(TopicPartition(tp.topic, tp.partition, start))
+        return positions
+
+    def seek(self, positions: list[TopicPartition]) -> None:
+        """Read these partitions again from these offsets (on the event loop, between reads)."""
+        for tp in positions:
+            log.info("rewind topic=%s partition=%d offset=%d", tp.topic, tp.partition, tp.offset)
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as error:  # no longer assigned: its new owner reads it
+                log.warning("rewind_skipped topic=%s partition=%d error=%s", *_at(tp), error)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the applied offsets of lost partitions (this worker never commits them)."""
@@ -159,14 +190,15 @@ class InputConsumer:
     def pause(self, partitions: list[int]) -> None:
         """Stop fetching these partitions of both topics."""
         if partitions:
-            self.consumer.pause(self._tps(partitions))
+            self.consumer.pause(self.partitions_of(partitions))
 
     def resume(self, partitions: list[int]) -> None:
         """Fetch these partitions of both topics again."""
         if partitions:
-            self.consumer.resume(self._tps(partitions))
+            self.consumer.resume(self.partitions_of(partitions))
 
-    def _tps(self, partitions: list[int]) -> list[TopicPartition]:
+    def partitions_of(self, partitions: list[int]) -> list[TopicPartition]:
+        """These partition numbers of both input topics."""
         return [TopicPartition(topic, p) for topic in self.topics for p in partitions]
 
     def close(self) -> None:

@@ -1,14 +1,16 @@
 """The expiry sweep: predictions past retention, pending feedback past its TTL, old markers.
 
 Every second the worker commits (`streams.worker.checkpoint`: its pending writes reach
-RocksDB), then, for each partition it owns and has restored, the sweep reads the
-persisted `due` index (`streams.worker.state`) up to now, from where the last sweep
-could start (from its start every `FULL_SCAN_EVERY`th sweep): only what is due, so its
-cost follows what expires, not what is stored. It works in chunks; for each chunk,
-under the lock the agent's batches also hold, so no row changes under it:
+RocksDB; the reader goes on meanwhile), then, for each partition it owns and has
+restored, the sweep reads the persisted `due` index (`streams.worker.state`) up to
+now, from where the last sweep could start (from its start every `FULL_SCAN_EVERY`th
+sweep): only what is due, so its cost follows what expires, not what is stored. It
+works in chunks; for each chunk, under the lock the agent's batches also hold, so no
+row changes under it:
 
 1. apply `join.expire_due` to each due row (stale index entries are dropped);
-2. send the `unmatched` records that produced, and wait until Kafka has them;
+2. send the `unmatched` records that produced, and wait until Kafka has them (with
+   `exactly_once` they are in the rows' transaction: both reach readers, or neither);
 3. write the rows (deleted, or reduced to an `expired` marker) and index entries
    (`write_chunk`) to the tables and send their changelog records (tombstones for
    deletes) to the changelog partition, through the outbox the agent also uses
@@ -333,7 +335,7 @@ class SweepHost(Protocol):
         ...
 
     async def commit(self) -> None:
-        """Commit everything applied so far (`streams.worker.checkpoint`); under the lock."""
+        """Commit everything applied so far (`streams.worker.checkpoint`); return once done."""
         ...
 
     async def drain(self) -> None:
@@ -376,9 +378,10 @@ class Sweeper:
         started_ms = ja.clock.now_ms()
         changed = 0
         rows = 0
-        async with ja.lock:
-            await ja.commit()  # the index as the sweep reads it holds every entry so far
-            committed_ms = ja.clock.now_ms()
+        # The index as the sweep reads it (persisted) holds every entry written before
+        # `committed_ms`; the reader goes on meanwhile, and what it writes falls due later.
+        committed_ms = ja.clock.now_ms()
+        await ja.commit()
         partitions = ja.active_partitions()
         self.sweeps += 1
         if self.sweeps % FULL_SCAN_EVERY == 0 or set(partitions) != set(self.floors):
@@ -434,6 +437,10 @@ class Sweeper:
             # would hold back the joined records queued behind it.
             await ja.drain()
             await asyncio.sleep(took * PAUSE_RATIO)
+
+    def forget_floors(self) -> None:
+        """Sweep every partition from its first entry next time (a reset undid a sweep)."""
+        self.floors.clear()
 
     def _count(self, chunk: Chunk) -> None:
         metrics = self.join_app.metrics

@@ -9,13 +9,15 @@ between two batches: no batch is half applied and no sweep chunk half written th
   while they are restored from their changelogs in a thread
   (`streams.worker.restore`); then it is resumed. The other partitions go on meanwhile.
 - Revoked: before the handler returns (after that the partitions may be another
-  worker's), everything applied is committed (`Checkpoint.commit_now`: flush, commit
-  offsets, persist), so the next owner restores complete changelogs and reads on from
-  the committed offsets. Restores under way are cancelled. The databases stay open in
-  case the partitions come back (a restore from the checkpoint catches up whatever
+  worker's), everything applied is committed (`Checkpoint.commit_now`: the commit
+  under way is finished, then the rest: flush, commit offsets, persist), so the next
+  owner restores complete changelogs and reads on from the committed offsets.
+  Restores under way are cancelled. The databases stay open in case the partitions
+  come back (a restore from the checkpoint catches up whatever
   another owner wrote meanwhile); the next assignment closes the others.
 - Lost (the session timed out: the partitions are already another worker's): nothing
-  is committed or persisted; the pending writes are dropped and the databases closed.
+  more is committed (`Checkpoint.abandon`: the commit under way ends, an open
+  transaction is aborted); the pending writes are dropped and the databases closed.
 """
 
 from __future__ import annotations
@@ -49,10 +51,6 @@ class RebalanceHost(Protocol):
 
     def stop_on(self, reason: str) -> NoReturn:
         """Exit at once with the crash status."""
-        ...
-
-    def drop_unpublished(self, partitions: set[int]) -> None:
-        """Forget the changed aggregate shares of these partitions."""
         ...
 
 
@@ -137,8 +135,7 @@ class Partitions:
     def on_revoke(self, consumer: Any, revoked: list[TopicPartition]) -> None:
         """Commit everything applied before the partitions go; stop restores under way."""
         self._cancel_restores()
-        if self.ready:
-            self.host.checkpoint.commit_now()
+        self.host.checkpoint.commit_now()  # nothing to do when nothing was applied
         log.info("revoked partitions=%s", sorted(self.ready))
         self.ready.clear()
 
@@ -147,11 +144,28 @@ class Partitions:
         self._cancel_restores()
         partitions = {tp.partition for tp in lost}
         log.warning("lost partitions=%s", sorted(partitions))
-        self.host.inputs.forget(partitions)
-        self.host.drop_unpublished(partitions)
-        self.host.tables.discard()
+        self.host.checkpoint.abandon()  # librdkafka loses the whole assignment at once
         self.host.tables.close_all()
         self.ready.clear()
+
+    def suspend(self) -> list[int]:
+        """Stop applying every ready partition (a reset): paused, out of the ready set."""
+        suspended = sorted(self.ready)
+        self.host.inputs.pause(suspended)
+        self.ready.clear()
+        return suspended
+
+    def reload(self, partitions: list[int]) -> None:
+        """Restore suspended partitions from their changelogs; each is read again once done.
+
+        The restore reads each changelog from the database's checkpoint to its end, so
+        the tables hold exactly what Kafka committed, whatever became of the writes a
+        reset dropped.
+        """
+        for partition in partitions:
+            if partition in self.host.tables.open_partitions:
+                self._restore(partition)
+        log.info("reloading partitions=%s", partitions)
 
     def _cancel_restores(self) -> None:
         for cancelled, future in self.restoring.values():

@@ -7,11 +7,13 @@ partition p of the table's compacted changelog (`<app id>-state-changelog`,
 
 Writes do not reach RocksDB at once. They go to an in-memory overlay per table
 partition (reads look there first), and their changelog records are handed to the
-outbox at the end of each batch, in the order of the writes. At a
-commit (`streams.worker.checkpoint`), once Kafka has every changelog record and the
-input offsets are committed, `persist` writes each overlay to its database in ONE
+outbox at the end of each batch, in the order of the writes. A commit
+(`streams.worker.checkpoint`) sets the overlays aside (`cut`: reads still see them,
+new writes go to a fresh overlay) and, once Kafka has every changelog record of the
+commit and the input offsets are committed, writes each one to its database in ONE
 write batch together with the checkpoint: the offset of the partition's last changelog
-record Kafka took. So a database always holds exactly its changelog up to its
+record of that commit (`write_cut`, in the commit thread; `persist` does all three at
+once). So a database always holds exactly its changelog up to its
 checkpoint, never a write whose record may not have reached Kafka, and a restart (or
 a worker given the partition) reads only the changelog after the checkpoint
 (`streams.worker.restore`). A batch that is never committed leaves no trace on disk:
@@ -24,6 +26,7 @@ cache), so memory stays bounded however many partitions a worker holds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +107,7 @@ class RocksOptions:
 class TablePartition:
     """One partition of one table: its database, the overlay of writes not yet persisted."""
 
-    __slots__ = ("db", "outbox", "overlay", "partition", "topic", "unlogged")
+    __slots__ = ("committing", "db", "outbox", "overlay", "partition", "topic", "unlogged")
 
     def __init__(self, db: Any, outbox: Outbox, topic: str, partition: int) -> None:
         self.db = db
@@ -112,6 +115,7 @@ class TablePartition:
         self.topic = topic
         self.partition = partition
         self.overlay: dict[bytes, bytes | None] = {}  # written, not yet persisted
+        self.committing: dict[bytes, bytes | None] = {}  # set aside by a commit under way
         # Every write since the last `log_changes`, in order: the changelog gets each one,
         # not only the last per key, so that a crash leaves a prefix of the writes in it
         # (what `streams.worker.feedback_stats` relies on to count a replayed input once).
@@ -121,7 +125,9 @@ class TablePartition:
         """The value as last written (None: absent or deleted)."""
         value = self.overlay.get(key, _ABSENT)
         if value is _ABSENT:
-            return self.db.get(key)  # type: ignore[no-any-return]
+            value = self.committing.get(key, _ABSENT) if self.committing else _ABSENT
+            if value is _ABSENT:
+                return self.db.get(key)  # type: ignore[no-any-return]
         return value  # type: ignore[return-value]
 
     def __setitem__(self, key: bytes, value: bytes, /) -> None:
@@ -155,11 +161,27 @@ class TablePartition:
         Only once Kafka has every changelog record in the overlay (`offset` is the
         last one's): see the module docstring.
         """
-        assert not self.unlogged, "log_changes() before persist()"
-        if not self.overlay:
+        layer = self.cut()
+        self.write(layer, offset)
+        self.drop(layer)
+
+    def cut(self) -> dict[bytes, bytes | None]:
+        """Set the overlay aside for a commit (reads still see it) and begin a new one."""
+        assert not self.unlogged, "log_changes() before a commit"
+        assert not self.committing, "one commit at a time"
+        layer, self.overlay = self.overlay, {}
+        self.committing = layer
+        return layer
+
+    def write(self, layer: dict[bytes, bytes | None], offset: int | None) -> None:
+        """Write a layer set aside and the checkpoint `offset` in one write batch.
+
+        RocksDB's write releases the GIL: in the commit thread, the reader goes on.
+        """
+        if not layer:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in self.overlay.items():
+        for key, value in layer.items():
             if value is None:
                 batch.delete(key)
             else:
@@ -167,12 +189,21 @@ class TablePartition:
         if offset is not None:
             batch.put(CHECKPOINT_KEY, str(offset).encode())
         self.db.write(batch)
-        self.overlay = {}
+
+    def drop(self, layer: dict[bytes, bytes | None]) -> None:
+        """Stop reading a layer that is now in the database."""
+        if self.committing is layer:
+            self.committing = {}
 
     def discard(self) -> None:
         """Forget what was not persisted (an aborted batch; the changelog may not have it)."""
         self.unlogged = []
         self.overlay = {}
+        self.committing = {}
+
+
+# What a commit set aside: each table partition with its layer.
+Cut = list[tuple[TablePartition, dict[bytes, bytes | None]]]
 
 
 class PartitionTables:
@@ -266,7 +297,7 @@ class Tables:
         if tables is None:
             return
         for table in tables.tables:
-            if table.changed:
+            if table.changed or table.committing:
                 log.warning("closing_unpersisted topic=%s partition=%d", table.topic, partition)
             table.db.close()
 
@@ -293,6 +324,27 @@ class Tables:
                 continue
             for table in tables.tables:
                 table.persist(delivered.get((table.topic, partition)))
+
+    def cut(self) -> Cut:
+        """Set every table's overlay aside for a commit (`TablePartition.cut`)."""
+        return [
+            (table, table.cut())
+            for tables in self.open_partitions.values()
+            for table in tables.tables
+            if table.overlay
+        ]
+
+    @staticmethod
+    def write_cut(cut: Cut, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Write each layer of `cut` with its changelog's offset in `offsets` (commit thread)."""
+        for table, layer in cut:
+            table.write(layer, offsets.get((table.topic, table.partition)))
+
+    @staticmethod
+    def drop_cut(cut: Cut) -> None:
+        """Reads stop looking at the layers of `cut`: they are in the databases."""
+        for table, layer in cut:
+            table.drop(layer)
 
     def discard(self) -> None:
         """Forget every write not yet persisted."""
