@@ -275,13 +275,13 @@ FIRST_INPUT_LINE = re.compile(
 class FirstRead(threading.Thread):
     """When a contender read its first input record, in epoch ms.
 
-    Contenders other than the worker (either guarantee) write it to `STREAMS_DATA_DIR/first-
-    read-ms`. The worker is watched from outside: the time of its `first_input` log line,
-    written as it applies the first record it read. Its `/metrics` alone are no good for
-    this: they are served between batches, so `streams_records_in_total` shows the first
-    read only after a batch or more, and a small run can be drained by then. `/metrics` is
-    polled as the fallback if no such line shows (stamped when asked, not when answered); a
-    first-read-ms file wins.
+    Contenders other than the worker (either guarantee) write it to
+    `STREAMS_DATA_DIR/first-read-ms`. The worker is watched from outside: the time of its
+    `first_input` log line, written as it applies the first record it read. Its `/metrics`
+    alone are no good for this: they are served between batches, so
+    `streams_records_in_total` shows the first read only after a batch or more, and a small
+    run can be drained by then. `/metrics` is polled as the fallback if no such line shows
+    (stamped when asked, not when answered); a first-read-ms file wins.
     """
 
     def __init__(self, contender: Contender) -> None:
