@@ -21,7 +21,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from bench.report import COMPLETE_BY_DESIGN, CONTENDERS, FIGURES, PEERS, REFERENCE
+from bench.report import COMPLETE_BY_DESIGN, CONTENDERS, FIGURES, LIGHT, PEERS, REFERENCE
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,12 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
             # contender does after its first join can fit in less than one.
             least = 0.0 if figure == "cpu_s_per_1000" else math.ulp(0.0)
             assert math.isfinite(value) and value >= least, (name, figure, value)
+    for name in LIGHT:
+        # The light rate too (the worker in both guarantees, the lean loop): every join.
+        light = run[name]["light"]
+        assert light["rate"] == run["light_rate"] == 10.0, name
+        assert light["joined"] == light["expected_joined"] > 0, name
+        assert 0 < light["p50_ms"] <= light["p99_ms"] <= light["max_ms"] < 60_000, name
     for name in COMPLETE_BY_DESIGN:
         # Exactly the joined records the workload asks for, once each, in both modes.
         put, lat = run[name]["throughput"], run[name]["latency"]
@@ -110,17 +116,25 @@ def test_quick_bench_reports_every_figure_with_counts_that_add_up(
     assert math.isfinite(summary["worker_to"]["lean"]["joined_per_s"])
     assert math.isfinite(summary["ceiling_to_lean"])
     assert summary["latency_rate"] > 0
+    assert set(summary["light"]) == set(LIGHT)
+    assert math.isfinite(summary["eos_to_worker"])
     assert set(summary["aims"]) == {
         "worker_at_least_0_5x_lean",
         "worker_cpu_at_most_2x_lean",
         "worker_ahead_of_kstreams",
         "worker_ahead_of_quix",
         "worker_p99_under_50_ms",
+        "worker_p99_under_50_ms_light",
+        "eos_at_least_0_7x_worker",
+        "eos_p99_under_100_ms",
     }
 
     # Every topic the benchmark made is gone again (Quix's changelogs hold the app id inside).
     app_ids = [
-        run[name][mode]["app_id"] for name in CONTENDERS for mode in ("throughput", "latency")
+        run[name][mode]["app_id"]
+        for name in CONTENDERS
+        for mode in ("throughput", "latency", "light")
+        if mode in run[name]
     ] + [run["ceiling"]["app_id"]]
     assert_topics_gone(bootstrap, app_ids)
 
