@@ -5,28 +5,28 @@ Who does what:
   the worker's confluent-kafka consumer (`streams.worker.consumer`), up to `BATCH`; when
   nothing came it sleeps a few milliseconds (longer the longer it stays idle, at most
   `IDLE_SLEEP_MAX`), so light traffic is joined at once, never held for a batch to fill.
-- It applies each batch (`apply`): for each record, decode it (or dead-letter it),
-  check its partition (or reroute it), call the join rule, write the row and its index
-  entry to the partition's tables, and hand what the rule emitted to the producer
-  (`streams.worker.processing`); at the end of the batch, the changelog records of what
-  it wrote (`streams.worker.tables`). The batch is applied in the reader's task, not
-  handed to a faust agent through a channel: faust's channels are flow-controlled by
-  faust's own consumer group, and an event in flight across one of its rebalances is
-  dropped (the queue is cleared on resume) or skipped (another generation), which
-  left the reader waiting for a batch that never came (a hung rebalance, seen in
-  tests/worker/test_rebalance.py).
+- It hands each batch, as one event, to the join agent (a faust agent on a channel of
+  its own, `BatchChannel`) and waits until the agent has applied it (`apply`): for each
+  record, decode it (or dead-letter it), check its partition (or reroute it), call the
+  join rule, write the row and its index entry to the partition's tables, and hand what
+  the rule emitted to the producer (`streams.worker.processing`); at the end of the
+  batch, the changelog records of what it wrote (`streams.worker.tables`). The channel
+  is not faust's flow-controlled one: faust suspends and clears those queues when its
+  own consumer group rebalances, and a batch dropped or held there left the reader
+  waiting (a hung rebalance, seen in tests/worker/test_rebalance.py); this one holds
+  the one batch in flight whatever faust's group does.
 - The reader then begins a commit when one is due (`streams.worker.checkpoint`): it
   cuts what was applied so far, and the commit thread waits for Kafka to have it,
   commits the offsets (or the transaction) and persists, while the reader reads and
   applies the next batches. Nothing blocking is called on the reader's path: the
   reader waits only while an aborted transaction is rewound, or while a commit under
   way has many inputs behind it.
-- faust runs the app: the reader task, the web pages (`streams.worker.web`), the
+- faust runs the app: the reader task, the join agent, the web pages (`streams.worker.web`), the
   expiry sweep and the watchdog timers, the lifecycle (SIGTERM). Its own consumer reads
   nothing but its leader topic; it owns no table.
 
 One lock orders everything that touches the tables: the reader holds it from a read
-until the batch is applied, the sweep per chunk. So rebalance callbacks, which run
+until the agent has applied the batch, the sweep per chunk. So rebalance callbacks, which run
 inside the read (`streams.worker.rebalance`), always see whole batches and whole
 chunks, and so does a commit's cut (it happens between batches, on the event loop).
 
@@ -43,6 +43,7 @@ import gc
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
@@ -79,6 +80,44 @@ IDLE_SLEEP_MAX = 0.008
 # restarts the worker (the restart is as safe as a kill, see streams.worker.checkpoint).
 WATCHDOG_SECONDS = 2.0
 CRASH_EXIT_STATUS = 70
+
+
+@dataclass(eq=False)
+class Batch:
+    """One event of the join agent: the input records read at once, and when they are applied."""
+
+    messages: list[Any]
+    done: asyncio.Future[None]
+
+
+class BatchChannel(faust.Channel[Batch]):
+    """The join agent's channel: faust's flow control neither holds nor clears it.
+
+    faust's channels put through a queue that waits while faust's own consumer group
+    rebalances and is cleared when it resumes (an event in flight is lost). The reader
+    hands over one batch at a time and waits until it is applied, so this queue holds
+    at most one and `put` never waits.
+    """
+
+    @property
+    def queue(self) -> Any:
+        """The subscriber's queue, made on first use (as faust's own)."""
+        if self._queue is None:
+            self._queue = self.app.FlowControlQueue(maxsize=1, clear_on_resume=False)
+        return self._queue
+
+    async def put(self, value: Any) -> None:
+        """Hand `value` to the agent's stream."""
+        subscribers = (self._root or self)._subscribers
+        if not subscribers:
+            raise RuntimeError("the join agent is not running")
+        for subscriber in subscribers:
+            subscriber.queue.put_nowait(value)
+
+    async def subscribed(self) -> None:
+        """Return once the agent's stream reads from this channel (after faust starts it)."""
+        while not (self._root or self)._subscribers:
+            await asyncio.sleep(0.01)
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -149,6 +188,8 @@ class JoinApp:
         self.sweeper = Sweeper(self)
         self.checkpoint.on_reset.append(self.sweeper.forget_floors)
         self.checkpoint.reloader = self.partitions
+        self.batches = BatchChannel(self.app, maxsize=1)
+        self.app.agent(self.batches, name="streams.worker.join")(self._join)
         self.app.task(self._read)
         self.app.timer(SWEEP_INTERVAL_SECONDS, name="expiry-sweep")(self.sweeper.sweep)
         self.app.timer(WATCHDOG_SECONDS, name="watchdog")(self._watchdog)
@@ -169,7 +210,26 @@ class JoinApp:
             log.exception("reader_crashed")
             self.reader_crash = repr(error)
 
+    async def _join(self, batches: Any) -> None:
+        """The join agent: apply each batch the reader hands over (`apply`)."""
+        async for batch in batches:
+            if batch.done.cancelled():
+                continue  # the reader stopped waiting for it (shutdown): not applied
+            try:
+                self.apply(batch.messages)
+            except Exception as error:  # the reader raises it where it waits
+                batch.done.set_exception(error)
+            else:
+                batch.done.set_result(None)
+
+    async def _hand_over(self, messages: list[Any]) -> None:
+        # One event of the join agent; back once it is applied, or with what it raised.
+        batch = Batch(messages, asyncio.get_running_loop().create_future())
+        await self.batches.put(batch)
+        await batch.done
+
     async def _read_batches(self) -> None:
+        await self.batches.subscribed()
         p = self.partitions
         self.inputs.subscribe(p.on_assign, p.on_revoke, p.on_lost)
         self.running = True
@@ -190,7 +250,7 @@ class JoinApp:
                 try:
                     messages = self.inputs.read(BATCH)
                     if messages:
-                        self.apply(messages)
+                        await self._hand_over(messages)
                     self.outbox.poll()  # serve the delivery reports
                     if checkpoint.due():
                         checkpoint.start()  # the cut; the rest runs beside the reader
