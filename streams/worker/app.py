@@ -251,6 +251,8 @@ class JoinApp:
                     messages = self.inputs.read(BATCH)
                     if messages:
                         await self._hand_over(messages)
+                    elif self.inputs.stranded():  # it would never read again
+                        self.inputs.renew()
                     self.outbox.poll()  # serve the delivery reports
                     if checkpoint.due():
                         checkpoint.start()  # the cut; the rest runs beside the reader

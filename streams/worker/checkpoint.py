@@ -58,7 +58,10 @@ same transactional id ends the open transaction (its records never reach a
 `read_committed` reader, unless its commit had reached the broker), every partition's
 tables are restored from their changelogs past their checkpoints and its inputs are
 read again from the committed offsets. Whatever became of the last transaction, the
-worker goes on from what Kafka committed. A fenced or failed producer stops the worker.
+worker goes on from what Kafka committed. Partitions lost (the session timed out, as in
+a broker outage longer than it) are dropped the same way (`abandon`): the commit under
+way is given up and a new producer ends the open transaction before anything is sent
+again. A fenced or failed producer stops the worker.
 """
 
 from __future__ import annotations
@@ -185,6 +188,7 @@ class Checkpoint:
         self.last = time.monotonic()  # when the last commit began
         self.current: Commit | None = None
         self.resetting: asyncio.Future[None] | None = None
+        self.renewal: asyncio.Future[None] | None = None  # `_renew_async`, after `abandon`
         self.resets = 0
         self.interval = (
             EXACTLY_ONCE_COMMIT_INTERVAL_SECONDS
@@ -230,7 +234,7 @@ class Checkpoint:
         # commit thread. A rebalance callback may finish the commit at any await.
         try:
             try:
-                await self.outbox.settle(commit.epochs)
+                await self.outbox.settle(commit.epochs, lambda: commit.concluded)
             except DeliveryFailed as error:
                 self.fail(f"delivery_failed error={error}")
             if commit.concluded:
@@ -314,35 +318,55 @@ class Checkpoint:
     def abandon(self) -> None:
         """The partitions are already another worker's: drop everything not committed.
 
-        Waits for the commit under way (its offsets may or may not be taken), then
-        aborts the open transaction (`exactly_once`), so nothing applied for lost
-        partitions since the last commit reaches a `read_committed` reader.
+        With `at_least_once` it waits for the commit under way (its offsets may or may
+        not be taken). With `exactly_once` nothing of the open transaction may be
+        committed any more: the commit under way is given up (it writes nothing to
+        RocksDB) and a new producer with the same transactional id ends the open
+        transaction (`_renew_async`, beside the event loop; the reader waits for it).
+        Aborting with the old producer instead failed for good after a broker restart
+        (librdkafka 2.16: `INVALID_TXN_STATE`, fatal), and a producer that lived
+        through the restart can wedge its next commit (see `Outbox.renew`).
         """
         commit = self.current
         if commit is not None and not commit.concluded:
             commit.concluded = True
             self.current = None
-            if commit.job is not None:
+            if self.outbox.transactional:
+                self._abandon_job(commit)
+            elif commit.job is not None:
                 concurrent.futures.wait([commit.job], WEDGED_AFTER_SECONDS)
                 if commit.job.done() and commit.job.exception() is None:
                     self.tables.drop_cut(commit.cut)
                 else:
                     self._abandon_job(commit)
-        if self.outbox.transactional:
-            try:
-                if commit is not None and commit.abandoned:
-                    self.outbox.adopt(self.outbox.renew())
-                else:
-                    self.outbox.abort_transaction()
-            except (Fenced, DeliveryFailed, KafkaException) as error:
-                self.fail(f"abort_failed error={error}")
-            self.outbox.drop_held()
-            self.outbox.forget()
-            self.outbox.release()
         self.inputs.take_applied()
         self.tables.discard()
         self.discard_stats()
         self._reset_counts()
+        if self.outbox.transactional:
+            self.outbox.drop_held()
+            self.outbox.hold()  # nothing begins a transaction on the old producer
+            if self.resetting is None:
+                self.resets += 1
+                self.resetting = asyncio.get_running_loop().create_future()
+                self.renewal = asyncio.ensure_future(self._renew_async())
+
+    async def _renew_async(self) -> None:
+        # After `abandon`: a new producer ends the open transaction, then records flow again.
+        assert self.resetting is not None
+        try:
+            job = self.outbox.in_thread(self.outbox.renew)
+            try:
+                producer = await asyncio.wrap_future(job)
+            except (Fenced, DeliveryFailed, KafkaException) as error:
+                self.fail(f"renew_failed error={error}")
+            self.outbox.adopt(producer)
+            self.outbox.forget()
+            self.outbox.release()
+            log.info("transaction_ended reason=partitions_lost resets=%d", self.resets)
+        finally:
+            self.resetting.set_result(None)
+            self.resetting = None
 
     # -- the steps -------------------------------------------------------------------
 

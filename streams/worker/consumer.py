@@ -21,6 +21,7 @@ run inside that call, on the event loop's thread, between two batches.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,10 +70,20 @@ def faust_group_timing(settings: Settings) -> dict[str, Any]:
 
 
 COMMITTED_TIMEOUT = 30.0
+# How long the input consumer may know no broker before it is replaced (`stranded`):
+# longer than librdkafka's own re-bootstrap (`REBOOTSTRAP`), which ends most outages.
+STRANDED_SECONDS = 15.0
 
 
 def _at(tp: TopicPartition) -> tuple[str, int]:
     return tp.topic, tp.partition
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as error:
+        log.warning("retired_consumer_close_failed error=%s", error)
 
 
 def input_group(app_id: str) -> str:
@@ -87,31 +98,98 @@ class InputConsumer:
         self.kind_of = kind_of  # full input topic name -> predictions | feedback
         self.topics = list(kind_of)
         self.metrics = metrics
-        self.consumer = Consumer(
-            {
-                **librdkafka_config(settings),
-                **group_timing(settings),
-                **REBOOTSTRAP,
-                "group.id": input_group(settings.app_id),
-                "partition.assignment.strategy": "range",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
-                "stats_cb": self._on_statistics,
-                "error_cb": self._on_error,
-            }
-        )
+        # What every consumer of the group's offsets is built with (`renew`, `committed_positions`).
+        self.config: dict[str, Any] = {
+            **librdkafka_config(settings),
+            **REBOOTSTRAP,
+            "group.id": input_group(settings.app_id),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+        self.timing = group_timing(settings)
+        self.consumer = self._new_consumer()
+        self.callbacks: tuple[Callback, Callback, Callback] | None = None
+        # Since when the consumer knows no broker (its statistics), or None.
+        self.brokerless_since: float | None = None
         # (topic, partition) -> the offset after the last record applied, not yet committed.
         self.applied: dict[tuple[str, int], int] = {}
         self.closed = False
 
+    def _new_consumer(self) -> Consumer:
+        # The callbacks of a consumer replaced since (`renew`) are not this one's any more.
+        def on_statistics(raw: str) -> None:
+            if consumer is self.consumer:
+                self._on_statistics(raw)
+
+        def on_error(error: Any) -> None:
+            if consumer is self.consumer:
+                self._on_error(error)
+
+        consumer = Consumer(
+            {
+                **self.config,
+                **self.timing,
+                "partition.assignment.strategy": "range",
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": on_statistics,
+                "error_cb": on_error,
+            }
+        )
+        return consumer
+
     def subscribe(self, on_assign: Callback, on_revoke: Callback, on_lost: Callback) -> None:
         """Join the group; the callbacks run inside `read`."""
+        self.callbacks = (on_assign, on_revoke, on_lost)
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        assert self.callbacks is not None
+
+        def only_current(callback: Callback) -> Callback:
+            def call(consumer: Any, partitions: list[TopicPartition]) -> None:
+                if consumer is self.consumer:  # not a replaced one closing (`renew`)
+                    callback(consumer, partitions)
+
+            return call
+
+        on_assign, on_revoke, on_lost = (only_current(c) for c in self.callbacks)
         self.consumer.subscribe(
             self.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
         )
+
+    def stranded(self) -> bool:
+        """The consumer has known no broker for `STRANDED_SECONDS` and owns no partition.
+
+        librdkafka (2.16) forgets every broker a metadata response leaves out, and a
+        broker shutting down can answer with none at all; the client then knows no
+        broker and never goes back to `bootstrap.servers` (librdkafka issue #5301): it
+        would never rejoin the group. Its partitions are lost once its session times
+        out (`on_lost`); from then on only a new consumer (`renew`) reads again.
+        """
+        since = self.brokerless_since
+        if since is None or time.monotonic() - since < STRANDED_SECONDS:
+            return False
+        return not self.consumer.assignment()
+
+    def renew(self) -> None:
+        """Replace a stranded consumer (`stranded`) with a new one that joins the group again.
+
+        The old one is closed in a thread of its own (a consumer that knows no broker
+        may never finish closing); its callbacks do nothing any more.
+        """
+        old = self.consumer
+        since = self.brokerless_since
+        log.warning(
+            "input_consumer_renewed reason=no_broker_known seconds=%.0f (librdkafka #5301); "
+            "joining the group again with a new consumer",
+            time.monotonic() - since if since is not None else 0.0,
+        )
+        self.brokerless_since = None
+        self.consumer = self._new_consumer()
+        self._subscribe()
+        threading.Thread(target=_close_quietly, args=(old,), name="retired", daemon=True).start()
 
     def read(self, limit: int) -> list[Message[Any, Any]]:
         """What has arrived, up to `limit` records, without waiting."""
@@ -161,12 +239,17 @@ class InputConsumer:
             return []
         asked = [TopicPartition(tp.topic, tp.partition) for tp in offsets]
         while True:
+            # A consumer of its own each time (it joins no group): the input consumer may
+            # be stranded after a broker restart (see `stranded`), and is not read meanwhile.
+            reader = Consumer(self.config)
             try:
-                committed = self.consumer.committed(asked, timeout=COMMITTED_TIMEOUT)
+                committed = reader.committed(asked, timeout=COMMITTED_TIMEOUT)
                 break
             except KafkaException as error:
                 log.warning("committed_offsets_retry error=%s", error)
                 time.sleep(1.0)
+            finally:
+                reader.close()
         positions = []
         for tp in committed:
             start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
@@ -213,6 +296,12 @@ class InputConsumer:
             stats = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return
+        brokers = stats.get("brokers", {}).values()
+        if any(b.get("source") in ("learned", "configured") for b in brokers):
+            self.brokerless_since = None
+        elif self.brokerless_since is None:
+            self.brokerless_since = time.monotonic()
+            log.warning("consumer_knows_no_broker")
         gauge = self.metrics.consumer_lag
         for topic in self.topics:
             partitions = stats.get("topics", {}).get(topic, {}).get("partitions", {})

@@ -330,13 +330,17 @@ class Outbox:
             unsettled.popleft()
         return not unsettled or unsettled[0].number > epoch.number
 
-    async def settle(self, epochs: list[Epoch]) -> None:
+    async def settle(self, epochs: list[Epoch], given_up: Callable[[], bool] = bool) -> None:
         """Wait, serving the producer, until `epochs` are settled; the event loop goes on.
 
         Raises `DeliveryFailed` when a record could not be delivered (with
         `exactly_once` the transaction's commit reports it instead: it must abort).
+        Returns early once `given_up()`: the producer that sent them may have been
+        replaced (`renew`), whose reports nobody serves.
         """
         while not all(epoch.settled for epoch in epochs):
+            if given_up():
+                return
             self.producer.poll(0)
             await asyncio.sleep(WAIT_POLL_SECONDS)
         if not self.transactional:

@@ -16,8 +16,9 @@ between two batches: no batch is half applied and no sweep chunk half written th
   come back (a restore from the checkpoint catches up whatever
   another owner wrote meanwhile); the next assignment closes the others.
 - Lost (the session timed out: the partitions are already another worker's): nothing
-  more is committed (`Checkpoint.abandon`: the commit under way ends, an open
-  transaction is aborted); the pending writes are dropped and the databases closed.
+  more is committed (`Checkpoint.abandon`: the commit under way ends; with
+  `exactly_once` a new producer ends the open transaction, and the reader waits for
+  it); the pending writes are dropped and the databases closed.
 """
 
 from __future__ import annotations
