@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from streams.kafka_config import REBOOTSTRAP, librdkafka_config
 from streams.settings import Settings
+from streams.worker.memory import INPUT_QUEUE
 from streams.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class InputConsumer:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                **INPUT_QUEUE,
                 "statistics.interval.ms": STATISTICS_INTERVAL_MS,
                 "stats_cb": self._on_statistics,
                 "error_cb": self._on_error,
