@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 # The input consumer: about half a second of input at the worker's rate (1 KB records).
 INPUT_QUEUE = {
@@ -45,9 +46,11 @@ def bound_malloc(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MMAP_THRESHO
     """Cap glibc's malloc arenas and fix its mmap threshold; False where that is not glibc.
 
     As `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_` would, but set by the worker
-    itself. Call it before the threads start: a thread keeps the arena it was given.
-    What it costs: threads that allocate at the same moment wait for each other's
-    arena lock, and each large block is a system call to map and one to unmap.
+    itself; either variable set in the environment is left to glibc. Call it before the
+    threads start: a thread keeps the arena it was given. What it costs: threads that
+    allocate at the same moment wait for each other's arena lock, and each large block
+    is mapped, faulted in and unmapped every time (up to about 10 % on the per-input
+    path, measured on a loaded machine: BENCHMARKS.md, 2026-12-02 16:33).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -55,5 +58,11 @@ def bound_malloc(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MMAP_THRESHO
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    done = bool(mallopt(_M_ARENA_MAX, arenas)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+    done = True
+    for variable, option, value in (
+        ("MALLOC_ARENA_MAX", _M_ARENA_MAX, arenas),
+        ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, mmap_threshold),
+    ):
+        if variable not in os.environ:
+            done = bool(mallopt(option, value)) and done
     return done
