@@ -1,7 +1,8 @@
 """`python -m bench --scale`: the worker holding many predictions, then rebuilt from its changelog.
 
 Issue 9, point 5: with 1,000,000 stored predictions over 8 partitions, the worker's peak
-RSS (aim: under 400 MB), and a rebuild from the changelog after its data directory is
+RSS (aim: under 400 MB, that is 400,000,000 bytes or 381.5 MiB, while it stores them and
+while it rebuilds), and a rebuild from the changelog after its data directory is
 deleted (aim: 50,000 records/s or more). `--scale-n` and `--scale-partitions` change
 the size, so it also runs in minutes on a small machine.
 
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 PROBES = 200  # 8 partitions all get one unless chance is very unkind: (7/8)^200 each
 STALL_S = 180.0  # no input read for this long while storing: the worker is stuck
 COMMIT_WAIT_S = 30.0  # after the last input is counted, for the group's commit
-AIM_RSS_MB = 400.0
+AIM_RSS_MB = 400.0  # MB of 10^6 bytes, as issue 9 says; the figures are printed in MiB
+AIM_RSS_MIB = AIM_RSS_MB * 1e6 / 1024**2  # 381.5
 AIM_RESTORE_PER_S = 50_000.0
 
 
@@ -149,7 +151,9 @@ def measure(worker: Contender, n: int, seed: int) -> dict[str, Any]:
         worker.stop()
     result["restored_per_s"] = result["changelog_records"] / result["rebuild_s"]
     result["aims"] = {
-        "peak_rss_under_400_mb": result["peak_rss_mib"] * 1024**2 / 1e6 < AIM_RSS_MB,
+        # Both peaks: with N stored, and while rebuilding (a restart must fit as well).
+        "peak_rss_under_400_mb": max(result["peak_rss_mib"], result["rebuild_peak_rss_mib"])
+        < AIM_RSS_MIB,
         "rebuild_at_least_50k_per_s": result["restored_per_s"] >= AIM_RESTORE_PER_S,
     }
     return result
@@ -168,7 +172,7 @@ def summary(result: dict[str, Any]) -> str:
             f"changelog records in {result['rebuild_s']:.1f} s "
             f"({result['restored_per_s']:,.0f} records/s; /health 200 after "
             f"{result['healthy_s']:.1f} s); peak RSS {result['rebuild_peak_rss_mib']:,.0f} MiB",
-            f"aim peak RSS < {AIM_RSS_MB:.0f} MB: "
+            f"aim peak RSS < {AIM_RSS_MB:.0f} MB ({AIM_RSS_MIB:.1f} MiB), stored and rebuilding: "
             f"{'met' if aims['peak_rss_under_400_mb'] else 'NOT met'}",
             f"aim rebuild >= {AIM_RESTORE_PER_S:,.0f} records/s: "
             f"{'met' if aims['rebuild_at_least_50k_per_s'] else 'NOT met'}",

@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from streams.kafka_config import REBOOTSTRAP, librdkafka_config
 from streams.settings import Settings
+from streams.worker.memory import INPUT_QUEUE
 from streams.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class InputConsumer:
                 "partition.assignment.strategy": "range",
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                **INPUT_QUEUE,
                 "statistics.interval.ms": STATISTICS_INTERVAL_MS,
                 "stats_cb": on_statistics,
                 "error_cb": on_error,

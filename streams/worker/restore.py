@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import rocksdict
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from streams.worker.memory import RESTORE_QUEUE
 from streams.worker.tables import CHECKPOINT_KEY, PartitionTables, TablePartition
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def restore_partition(
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
-            "fetch.max.bytes": 64 * 1024**2,
+            **RESTORE_QUEUE,
         }
     )
     total = 0

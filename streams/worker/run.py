@@ -18,6 +18,7 @@ from pathlib import Path
 from streams.errors import StreamsError
 from streams.settings import Settings
 from streams.topics import check_broker, check_copartitioned, create_topics
+from streams.worker.memory import bound_malloc
 from streams.worker.tables import changelog_specs
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def prepare(settings: Settings) -> int:
 
 def run_worker(settings: Settings) -> int:
     """Run one worker until SIGTERM/SIGINT; return the exit status."""
+    malloc_bounded = bound_malloc()  # before any client starts a thread
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -109,12 +111,14 @@ def run_worker(settings: Settings) -> int:
         settings if partitions == settings.partitions else _with_partitions(settings, partitions)
     )
     log.info(
-        "worker_starting app_id=%s partitions=%d data_dir=%s web_port=%d guarantee=%s",
+        "worker_starting app_id=%s partitions=%d data_dir=%s web_port=%d guarantee=%s "
+        "malloc_bounded=%s",
         settings.app_id,
         partitions,
         settings.data_dir,
         settings.web_port,
         settings.processing_guarantee,
+        malloc_bounded,
     )
     worker = Worker(
         join_app.app,

@@ -168,6 +168,12 @@ def test_a_restart_reads_only_the_changelog_tail(
     assert metric(samples, "streams_batch_size_sum") == len(events)
 
 
+# Enough that partition 0's restore outlasts the other partitions' joins with room to spare:
+# 300,000 rows took 2.2 s here once restores no longer queued 64 MiB each (too close), and
+# 1,000,000 took 2.8 s.
+FILLER_ROWS = 2_000_000
+
+
 def test_restoring_one_partition_does_not_stop_the_others(
     workers: Start, producer: RawProducer, bootstrap: str, topic_prefix: str, env: dict[str, str]
 ) -> None:
@@ -177,7 +183,7 @@ def test_restoring_one_partition_does_not_stop_the_others(
     create_topics(settings, changelog_specs(settings.app_id, 4))
     filler = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
     changelog = f"{settings.app_id}-state-changelog"
-    for i in range(300_000):  # rows of an application nobody queries
+    for i in range(FILLER_ROWS):  # rows of an application nobody queries
         while True:
             try:
                 filler.produce(changelog, b"x" * 40, row_key("filler", f"f{i}"), partition=0)
@@ -208,4 +214,4 @@ def test_restoring_one_partition_does_not_stop_the_others(
     _, restoring = wait_for(joined_and_restoring, 60, "the other partitions' joins")
     assert restoring == 1, "partition 0 was still being restored"
     worker.wait_healthy()
-    assert metric(worker.metrics(), "streams_restored_records_total") >= 300_000
+    assert metric(worker.metrics(), "streams_restored_records_total") >= FILLER_ROWS
