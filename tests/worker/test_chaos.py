@@ -152,7 +152,9 @@ def test_sigkill_with_uncommitted_inputs(
 ) -> None:
     """Invariants: see the module docstring, per variant."""
     worker = workers("w1", STREAMS_PROCESSING_GUARANTEE=guarantee, **QUICK_FAILOVER)
-    keys = [f"c{i}" for i in range(600)]
+    # 1,000 inputs a second: with exactly_once a commit follows 20 ms after the last
+    # began, so at 200 a second (600 keys) a quiet machine never held 20 uncommitted.
+    keys = [f"c{i}" for i in range(3_000)]
     events: list[dict[str, object]] = []
     sender = threading.Thread(target=produce_stream, args=(producer, keys, 6.0, events))
     sender.start()
