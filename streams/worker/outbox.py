@@ -255,27 +255,29 @@ class Outbox:
         With `at_least_once` the record waits here, in order, until the next `push`
         (at the end of the reader's batch, or at the next mark).
         """
-        if not self.transactional:
-            self.queued.append((topic, key, value, partition, headers))
-            return
-        if self.holding:
-            self.held.append((topic, key, value, partition, headers))
-            return
-        if not self.in_transaction:
-            self.producer.begin_transaction()
-            self.in_transaction = True
-        self._produce([(topic, key, value, partition, headers)])
+        self._send([(topic, key, value, partition, headers)])
 
     def send_many(
         self, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]
     ) -> None:
         """`send` each (key, value) to one partition of `topic`, in order (changelog records)."""
+        self._send([(topic, key, value, partition, None) for key, value in records])
+
+    def _send(self, records: list[Sent]) -> None:
+        # at_least_once: queued until the next `push`; exactly_once: held while a
+        # transaction commits, else produced in the open transaction (one begins if none).
         if not self.transactional:
-            self.queued.extend([(topic, key, value, partition, None) for key, value in records])
-            return
-        send = self.send
-        for key, value in records:
-            send(topic, key, value, partition)
+            self.queued.extend(records)
+        elif self.holding:
+            self.held.extend(records)
+        else:
+            self._produce_in_transaction(records)
+
+    def _produce_in_transaction(self, records: list[Sent]) -> None:
+        if not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+        self._produce(records)
 
     def push(self) -> None:
         """Hand the records queued (`at_least_once`) to the producer, in order.
@@ -421,10 +423,7 @@ class Outbox:
         self.holding = False
         held, self.held = self.held, []
         if held:
-            if not self.in_transaction:
-                self.producer.begin_transaction()
-                self.in_transaction = True
-            self._produce(held)
+            self._produce_in_transaction(held)
 
     def commit_transaction(self, offsets: list[TopicPartition], group: Any) -> None:
         """Commit the transaction with the input `offsets`; blocking (in the commit thread).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -83,16 +84,10 @@ def _partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-# librdkafka's own murmur2 partitioner (the one the outbox produces with), where
-# confluent-kafka exposes it (2.16 does): 0.6 us a key against 9.8 us in Python.
-_librdkafka_partition_for = getattr(confluent_kafka, "murmur2", None)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition murmur2 gives a key, as Java clients and aiokafka compute it."""
-    if _librdkafka_partition_for is not None:
-        return int(_librdkafka_partition_for(key, partitions))
-    return _partition_for(key, partitions)
+# The partition murmur2 gives a key, as Java clients and aiokafka compute it: librdkafka's
+# own murmur2 partitioner (the one the outbox produces with) where confluent-kafka
+# exposes it (2.16 does), 0.6 us a key against 9.8 us in Python; chosen once.
+partition_for: Callable[[bytes, int], int] = getattr(confluent_kafka, "murmur2", _partition_for)
 
 
 class Processor:
